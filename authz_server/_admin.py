@@ -1,0 +1,123 @@
+"""``gerrit_authz.v1.Admin``: Explain (one Check with its trace) and Invalidate (drop cached answers)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+from envoy.config.core.v3.address_pb2 import Address, SocketAddress
+from envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+from gerrit_authz.v1 import admin_pb2, admin_pb2_grpc
+from google.protobuf.message import DecodeError
+
+from ._audit import audit
+from ._cache import CachedGerrit
+from ._deadline import Deadline
+from ._engine import Authorizer, Decision
+from ._response import allowed_headers, denied_body, denied_headers, to_check_response
+from ._servicer import run_check
+from .errors import status_for
+
+__all__ = ["AdminServicer", "check_request_from_explain", "explain_response"]
+
+
+def check_request_from_explain(request: admin_pb2.ExplainRequest) -> CheckRequest:
+    """The CheckRequest to explain: the serialized one if given, else one built from the plain fields."""
+    if request.check_request:
+        return CheckRequest.FromString(request.check_request)
+    http = AttributeContext.HttpRequest(
+        method=request.method or "GET",
+        path=request.path or "/",
+        host=request.host,
+        headers={k.lower(): v for k, v in request.headers.items()},
+        scheme="http",
+        protocol="HTTP/1.1",
+    )
+    attrs = AttributeContext(
+        request=AttributeContext.Request(http=http), context_extensions=dict(request.context_extensions)
+    )
+    if request.source_address:
+        attrs.source.address.CopyFrom(Address(socket_address=SocketAddress(address=request.source_address)))
+    return CheckRequest(attributes=attrs)
+
+
+def explain_response(decision: Decision, check_response_bytes: bytes, retry_after: int) -> admin_pb2.ExplainResponse:
+    """Decision → ExplainResponse (also used by the CLI's ``explain``)."""
+    identity = decision.identity
+    principal, account = identity.principal, identity.account
+    allowed = decision.allowed
+    return admin_pb2.ExplainResponse(
+        decision_id=decision.decision_id,
+        allowed=allowed,
+        code=decision.error.code if decision.error else "",
+        reason=decision.reason,
+        rule=decision.rule,
+        identity=admin_pb2.Identity(
+            authenticated=identity.authenticated,
+            source=principal.source if principal else "",
+            subject=principal.subject if principal else "",
+            account_id=account.id if account else 0,
+            username=account.username if account else "",
+            email=account.email if account else "",
+        ),
+        requirements=[
+            admin_pb2.RequirementTrace(
+                kind=t.kind, target=t.target, result=t.result, source=t.source, detail=t.detail, depth=t.depth
+            )
+            for t in decision.trace
+        ],
+        http_status=status_for(decision.error).http,
+        headers=allowed_headers(decision) if allowed else denied_headers(decision, retry_after=retry_after),
+        body="" if allowed else denied_body(decision),
+        check_response=check_response_bytes,
+    )
+
+
+class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
+    def __init__(
+        self, authorizer: Authorizer, cache: CachedGerrit | None, *, check_timeout: float, retry_after: int
+    ) -> None:
+        self._authorizer = authorizer
+        self._cache = cache
+        self._check_timeout = check_timeout
+        self._retry_after = retry_after
+
+    async def Explain(
+        self,
+        request: admin_pb2.ExplainRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> admin_pb2.ExplainResponse:
+        start = time.perf_counter()
+        try:
+            check_request = check_request_from_explain(request)
+        except DecodeError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "check_request is not a serialized CheckRequest")
+        remaining = context.time_remaining()
+        deadline = Deadline.after(self._check_timeout if remaining is None else remaining)
+        decision, inp = await run_check(self._authorizer, check_request, deadline)
+        audit(decision, inp, elapsed_ms=(time.perf_counter() - start) * 1000, via="explain")
+        response = to_check_response(decision, inp, retry_after=self._retry_after)
+        return explain_response(decision, response.SerializeToString(), self._retry_after)
+
+    async def Invalidate(
+        self,
+        request: admin_pb2.InvalidateRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> admin_pb2.InvalidateResponse:
+        target = request.WhichOneof("target")
+        if target is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "set one of account, project, group, change or all")
+        if self._cache is None:
+            return admin_pb2.InvalidateResponse(removed=0)
+        if target == "all":
+            if not request.all:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "all must be true")
+            removed = await self._cache.invalidate(everything=True)
+        else:
+            value = getattr(request, target)
+            if not value:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{target} must not be empty")
+            removed = await self._cache.invalidate(**{target: value})
+        return admin_pb2.InvalidateResponse(removed=removed)

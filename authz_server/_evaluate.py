@@ -1,0 +1,201 @@
+"""Evaluating a requirement tree against Gerrit facts, with a trace of every step.
+
+Three-valued: each node is satisfied, unsatisfied, or an error (Gerrit unavailable, bad credential). ``any`` is
+satisfied if one child is, ``all`` is unsatisfied if one child is; otherwise an error wins over a plain result,
+so an outage can never turn into an allow. Independent children are looked up concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ._deadline import Deadline
+from ._facts import Account, GerritFacts
+from ._identity import Identity
+from ._requirements import (
+    All,
+    Any_,
+    Anyone,
+    Authenticated,
+    Capability,
+    Change,
+    Group,
+    Not,
+    Permission,
+    Requirement,
+)
+from ._templates import fill
+from .errors import AuthzError
+
+__all__ = ["Context", "Result", "TraceEntry", "evaluate"]
+
+
+@dataclass(frozen=True, slots=True)
+class TraceEntry:
+    kind: str
+    target: str
+    result: str  # satisfied | unsatisfied | error
+    source: str = ""
+    detail: str = ""
+    depth: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    ok: bool | None  # None: error
+    error: AuthzError | None = None
+    reason: str = ""  # the first unmet requirement, for the deny body
+    login_helps: bool = False  # unsatisfied because nobody is logged in: a 401, not a 403
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    identity: Identity
+    captures: Mapping[str, str]
+    facts: GerritFacts
+    deadline: Deadline
+
+
+_KIND = {
+    All: "all",
+    Any_: "any",
+    Not: "not",
+    Anyone: "anyone",
+    Authenticated: "authenticated",
+    Group: "group",
+    Permission: "permission",
+    Capability: "capability",
+    Change: "change",
+}
+
+
+def _target(req: Requirement, captures: Mapping[str, str]) -> str:
+    if isinstance(req, Group):
+        return fill(req.group, captures)
+    if isinstance(req, Capability):
+        return fill(req.capability, captures)
+    if isinstance(req, Permission):
+        return " ".join(fill(v, captures) for v in (req.project, req.ref, req.perm))
+    if isinstance(req, Change):
+        return fill(req.id, captures)
+    return ""
+
+
+async def evaluate(req: Requirement, ctx: Context, depth: int = 0) -> tuple[Result, list[TraceEntry]]:
+    """The result of ``req`` and the trace of it and its children (in tree order)."""
+    kind = _KIND[type(req)]
+    if isinstance(req, All | Any_ | Not):
+        children = (req.of,) if isinstance(req, Not) else req.of
+        if len(children) == 1:
+            outcomes = [await evaluate(children[0], ctx, depth + 1)]
+        else:
+            outcomes = list(await asyncio.gather(*(evaluate(c, ctx, depth + 1) for c in children)))
+        result = _combine(req, [r for r, _ in outcomes])
+        trace = [TraceEntry(kind, "", _word(result), depth=depth, detail=result.reason if not result.ok else "")]
+        for _, sub in outcomes:
+            trace.extend(sub)
+        return result, trace
+    target = _target(req, ctx.captures)
+    result, source, detail = await _leaf(req, target, ctx)
+    return result, [TraceEntry(kind, target, _word(result), source, detail or result.reason, depth)]
+
+
+def _word(result: Result) -> str:
+    return "error" if result.ok is None else ("satisfied" if result.ok else "unsatisfied")
+
+
+def _combine(req: All | Any_ | Not, results: list[Result]) -> Result:
+    if isinstance(req, Not):
+        (inner,) = results
+        if inner.ok is None:
+            return inner
+        return Result(not inner.ok, reason="" if inner.ok is False else "not: the inner requirement is satisfied")
+    decisive = not isinstance(req, All)  # any: one True decides; all: one False decides
+    for r in results:
+        if r.ok is decisive:
+            return r if not decisive else Result(True)
+    for r in results:
+        if r.ok is None:
+            return r
+    if decisive:  # any: nothing satisfied
+        reasons = "; ".join(r.reason for r in results if r.reason)
+        return Result(False, reason=f"none of: {reasons}", login_helps=any(r.login_helps for r in results))
+    return Result(True)
+
+
+def _name(identity: Identity) -> str:
+    p = identity.principal
+    return (identity.account.username if identity.account and identity.account.username else "") or (
+        p.subject if p else "anonymous"
+    )
+
+
+async def _leaf(req: Requirement, target: str, ctx: Context) -> tuple[Result, str, str]:
+    if isinstance(req, Anyone):
+        return Result(True), "", ""
+    identity = ctx.identity
+    if identity.error is not None:
+        return Result(None, identity.error, reason=identity.error.reason), "", identity.error.detail
+    if identity.principal is None:
+        return (
+            Result(False, reason=f"{_KIND[type(req)]} {target}: no credential".rstrip(), login_helps=True),
+            "",
+            "",
+        )
+    if isinstance(req, Authenticated):
+        return Result(True), "", ""
+    account = identity.account
+    label = f"{_KIND[type(req)]} {target!r}"
+    if account is None:
+        return Result(False, reason=f"{label}: {_name(identity)} has no Gerrit account"), "", ""
+    try:
+        return await _gerrit_leaf(req, target, account, label, ctx)
+    except AuthzError as exc:
+        return Result(None, exc, reason=f"{label}: {exc.reason}"), "", exc.detail
+
+
+async def _gerrit_leaf(
+    req: Requirement, target: str, account: Account, label: str, ctx: Context
+) -> tuple[Result, str, str]:
+    facts, deadline, who = ctx.facts, ctx.deadline, account.username or str(account.id)
+    if isinstance(req, Group):
+        groups = await facts.groups(account.id, deadline)
+        ok = any(target in (g.id, g.name) for g in groups.value)
+        return _leaf_result(ok, f"{label}: {who} is not a member"), groups.source, groups.detail
+    if isinstance(req, Capability):
+        caps = await facts.capabilities(account.id, deadline)
+        ok = target in caps.value
+        return _leaf_result(ok, f"{label}: {who} lacks the capability"), caps.source, caps.detail
+    if isinstance(req, Permission):
+        project, ref, perm = (fill(v, ctx.captures) for v in (req.project, req.ref, req.perm))
+        access = await facts.check_access(project, account.id, ref, perm, deadline)
+        reason = f"permission {perm!r} on {project!r} {ref!r}: denied for {who}"
+        return (
+            _leaf_result(access.value.allowed, reason),
+            access.source,
+            access.value.message or access.detail,
+        )
+    assert isinstance(req, Change)
+    change = await facts.change(target, deadline)
+    info = change.value
+    if info is None:
+        return Result(False, reason=f"{label}: no such change"), change.source, change.detail
+    problems = []
+    if req.status is not None and info.status != req.status:
+        problems.append(f"status is {info.status}, needs {req.status}")
+    for name, minimum in req.labels:
+        votes = info.labels.get(name)
+        if votes is None or votes.max < minimum or votes.blocking:
+            have = (
+                "no votes" if votes is None else f"best vote {votes.max:+d}" + (" (blocked)" if votes.blocking else "")
+            )
+            problems.append(f"{name} needs {minimum:+d}, has {have}")
+    if req.submittable is not None and info.submittable != req.submittable:
+        problems.append(f"submittable is {info.submittable}, needs {req.submittable}")
+    return _leaf_result(not problems, f"{label}: {'; '.join(problems)}"), change.source, change.detail
+
+
+def _leaf_result(ok: bool, reason: str) -> Result:
+    return Result(True) if ok else Result(False, reason=reason)

@@ -1,0 +1,116 @@
+"""Decision → ``CheckResponse``: a pure function, exactly the contract's table.
+
+Allowed: identity headers are set with OVERWRITE_IF_EXISTS_OR_ADD; every other client-sent ``x-gerrit-*`` /
+``x-authz-*`` header goes to ``headers_to_remove`` (never one that is also set: Envoy may apply removals last).
+Denied: a JSON body, ``www-authenticate`` on 401 and ``retry-after`` on 503.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
+from envoy.service.auth.v3.external_auth_pb2 import CheckResponse, DeniedHttpResponse, OkHttpResponse
+from envoy.type.v3.http_status_pb2 import HttpStatus
+from google.protobuf.struct_pb2 import Struct
+from google.rpc.status_pb2 import Status as RpcStatus
+
+from ._engine import Decision
+from ._input import CheckInput
+from .errors import Unauthenticated, status_for
+
+__all__ = ["allowed_headers", "denied_body", "denied_headers", "to_check_response"]
+
+_PROTECTED = ("x-gerrit-", "x-authz-")
+_OVERWRITE = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def allowed_headers(decision: Decision) -> dict[str, str]:
+    """Headers set on the upstream request for an allowed decision."""
+    headers = {"x-authz-rule": decision.rule, "x-authz-decision-id": decision.decision_id}
+    account = decision.identity.account
+    if account is not None:
+        headers["x-gerrit-account-id"] = str(account.id)
+        if account.username:
+            headers["x-gerrit-username"] = account.username
+        if account.email:
+            headers["x-gerrit-email"] = account.email
+    return headers
+
+
+def denied_body(decision: Decision) -> str:
+    assert decision.error is not None
+    return json.dumps(
+        {
+            "error": decision.error.code,
+            "reason": decision.error.reason,
+            "rule": decision.rule,
+            "decision_id": decision.decision_id,
+        },
+        separators=(",", ":"),
+    )
+
+
+def denied_headers(decision: Decision, *, realm: str = "gerrit-authz", retry_after: int = 5) -> dict[str, str]:
+    """Headers sent to the client with a denied response."""
+    error = decision.error
+    headers = {"content-type": "application/json", "x-authz-decision-id": decision.decision_id}
+    if isinstance(error, Unauthenticated):
+        challenge = f'Bearer realm="{realm}"'
+        if error.code in ("invalid_token", "invalid_credentials"):
+            challenge += ', error="invalid_token"'
+        headers["www-authenticate"] = challenge
+    elif status_for(error).http == 503:
+        headers["retry-after"] = str(retry_after)
+    return headers
+
+
+def _options(headers: Mapping[str, str]) -> list[HeaderValueOption]:
+    return [HeaderValueOption(header=HeaderValue(key=k, value=v), append_action=_OVERWRITE) for k, v in headers.items()]
+
+
+def to_check_response(decision: Decision, inp: CheckInput | None, *, retry_after: int = 5) -> CheckResponse:
+    """The CheckResponse Envoy acts on."""
+    status = status_for(decision.error)
+    if decision.error is None:
+        headers = allowed_headers(decision)
+        remove = [h for h in (inp.headers if inp else ()) if h.startswith(_PROTECTED) and h not in headers]
+        account = decision.identity.account
+        metadata = Struct()
+        metadata.update(
+            {
+                "account_id": account.id if account else "",
+                "username": account.username if account else "",
+                "rule": decision.rule,
+                "decision_id": decision.decision_id,
+            }
+        )
+        return CheckResponse(
+            status=RpcStatus(code=status.grpc.value[0]),
+            ok_response=OkHttpResponse(headers=_options(headers), headers_to_remove=remove),
+            dynamic_metadata=metadata,
+        )
+    return CheckResponse(
+        status=RpcStatus(code=status.grpc.value[0], message=decision.error.code),
+        denied_response=DeniedHttpResponse(
+            status=HttpStatus(code=status.http),
+            headers=_options(denied_headers(decision, retry_after=retry_after)),
+            body=denied_body(decision),
+        ),
+        dynamic_metadata=_deny_metadata(decision),
+    )
+
+
+def _deny_metadata(decision: Decision) -> Struct:
+    metadata = Struct()
+    account = decision.identity.account
+    metadata.update(
+        {
+            "account_id": account.id if account else "",
+            "rule": decision.rule,
+            "decision_id": decision.decision_id,
+            "error": decision.error.code if decision.error else "",
+        }
+    )
+    return metadata

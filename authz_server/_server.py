@@ -1,0 +1,127 @@
+"""The gRPC servers: ext_authz + health + reflection on ``listen``, Admin on ``admin_listen``.
+
+Lifecycle as in grpc's asyncio examples: :func:`build_server` only builds; :meth:`AuthzServer.start` binds;
+on SIGTERM health turns NOT_SERVING first, then ``server.stop(grace)`` lets in-flight Checks finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from gerrit_authz.v1 import admin_pb2, admin_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from ._admin import AdminServicer
+from ._app import Components, build_components
+from ._servicer import AuthorizationServicer
+from .config import Config
+
+__all__ = ["AuthzServer", "build_server", "serve"]
+
+log = logging.getLogger("gerrit_authz.server")
+AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
+_OPTIONS = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)]
+
+
+@dataclass
+class AuthzServer:
+    """Both servers and what they serve; ``address``/``admin_address`` are known after :meth:`start`."""
+
+    components: Components
+    server: grpc.aio.Server
+    admin: grpc.aio.Server | None
+    health: health_aio.HealthServicer
+    address: str = ""
+    admin_address: str = ""
+    _ports: tuple[str, str | None] = field(default=("", None))
+
+    async def start(self) -> None:
+        listen, admin_listen = self._ports
+        port = self.server.add_insecure_port(listen)
+        if port == 0:
+            raise OSError(f"cannot bind {listen}")
+        self.address = f"{listen.rpartition(':')[0]}:{port}"
+        if self.admin is not None and admin_listen is not None:
+            admin_port = self.admin.add_insecure_port(admin_listen)
+            if admin_port == 0:
+                raise OSError(f"cannot bind {admin_listen}")
+            self.admin_address = f"{admin_listen.rpartition(':')[0]}:{admin_port}"
+            await self.admin.start()
+        await self.server.start()
+        for service in ("", AUTHZ_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING first (so balancers move away), then drain in-flight Checks for ``grace`` seconds."""
+        grace = self.components.config.server.shutdown_grace if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        stops = [self.server.stop(grace)]
+        if self.admin is not None:
+            stops.append(self.admin.stop(grace))
+        await asyncio.gather(*stops)
+        await self.components.aclose()
+
+
+def build_server(config: Config, components: Components | None = None) -> AuthzServer:
+    """Build (not start) the servers for ``config``."""
+    components = components or build_components(config)
+    cfg = config.server
+    retry_after = max(1, round(cfg.retry_after))
+    server = grpc.aio.server(options=_OPTIONS)
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+        AuthorizationServicer(components.authorizer, check_timeout=cfg.check_timeout, retry_after=retry_after),
+        server,
+    )
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    if cfg.reflection:
+        reflection.enable_server_reflection(
+            (
+                AUTHZ_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+    admin = None
+    if cfg.admin_listen is not None:
+        admin = grpc.aio.server(options=_OPTIONS)
+        admin_pb2_grpc.add_AdminServicer_to_server(
+            AdminServicer(
+                components.authorizer,
+                components.cache,
+                check_timeout=cfg.check_timeout,
+                retry_after=retry_after,
+            ),
+            admin,
+        )
+        if cfg.reflection:
+            reflection.enable_server_reflection((ADMIN_SERVICE, reflection.SERVICE_NAME), admin)
+    return AuthzServer(components, server, admin, health, _ports=(cfg.listen, cfg.admin_listen))
+
+
+async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    app = build_server(config)
+    await app.start()
+    print(f"gerrit-authz: ext_authz gRPC listening on {app.address}", flush=True)
+    if app.admin_address:
+        print(f"gerrit-authz: admin gRPC listening on {app.admin_address}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("shutting down: health NOT_SERVING, draining for %.1fs", config.server.shutdown_grace)
+    await app.stop()
+    print("gerrit-authz: stopped", flush=True)

@@ -1,0 +1,59 @@
+"""The thin ``envoy.service.auth.v3.Authorization`` servicer: request → input → decision → response."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2_grpc
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+
+from ._audit import audit
+from ._deadline import Deadline
+from ._engine import Authorizer, Decision, new_decision_id
+from ._input import CheckInput, parse_check_request
+from ._response import to_check_response
+from .errors import AuthzError, Unavailable
+
+__all__ = ["AuthorizationServicer", "run_check"]
+
+log = logging.getLogger("gerrit_authz.check")
+
+
+async def run_check(
+    authorizer: Authorizer,
+    request: CheckRequest,
+    deadline: Deadline,
+) -> tuple[Decision, CheckInput | None]:
+    """Decide one CheckRequest. Never raises and never allows on error."""
+    inp: CheckInput | None = None
+    try:
+        inp = parse_check_request(request)
+        return await authorizer.decide(inp, deadline), inp
+    except AuthzError as exc:
+        return Decision(new_decision_id(), exc), inp
+    except Exception:
+        decision_id = new_decision_id()
+        log.exception("internal error in Check (decision %s)", decision_id)
+        return Decision(decision_id, Unavailable("internal_error", "internal error; see the service log")), inp
+
+
+class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    """Envoy's ext_authz v3 Check. A deny is an answer (status in the response), not an RPC error."""
+
+    def __init__(self, authorizer: Authorizer, *, check_timeout: float, retry_after: int) -> None:
+        self._authorizer = authorizer
+        self._check_timeout = check_timeout
+        self._retry_after = retry_after
+
+    async def Check(self, request: CheckRequest, context: grpc.aio.ServicerContext[Any, Any]) -> CheckResponse:
+        start = time.perf_counter()
+        remaining = context.time_remaining()
+        # Keep a few ms of the caller's deadline for the answer itself to travel back.
+        deadline = Deadline.after(self._check_timeout if remaining is None else max(remaining - 0.005, 0.0))
+        decision, inp = await run_check(self._authorizer, request, deadline)
+        response = to_check_response(decision, inp, retry_after=self._retry_after)
+        audit(decision, inp, elapsed_ms=(time.perf_counter() - start) * 1000)
+        return response

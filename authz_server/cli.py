@@ -1,0 +1,138 @@
+"""``gerrit-authz``: serve, check-config, explain."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from ._app import build_components
+from ._deadline import Deadline
+from ._servicer import run_check
+from .config import Config, load_config
+from .errors import ConfigError
+
+__all__ = ["main"]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    audit = logging.getLogger("gerrit_authz.audit")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))  # the line is JSON already
+    audit.addHandler(handler)
+    audit.propagate = False
+    audit.setLevel(logging.INFO)
+
+
+def _print_config_errors(exc: ConfigError, path: str) -> int:
+    print(f"{path}: invalid configuration", file=sys.stderr)
+    for key, reason in exc.errors:
+        print(f"  {key}: {reason}", file=sys.stderr)
+    return 2
+
+
+def _load(path: str) -> Config:
+    return load_config(path)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.file)
+    except ConfigError as exc:
+        return _print_config_errors(exc, args.file)
+    try:
+        config.gerrit.password()
+    except ConfigError as exc:  # the file is valid; the secret is the deployment's business
+        print(f"note: {exc}", file=sys.stderr)
+    print(
+        f"{args.file}: OK ({len(config.rules)} rules, {len(config.identity)} identity sources, "
+        f"cache {config.cache.backend})"
+    )
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from ._server import serve
+
+    try:
+        config = _load(args.config)
+        config.gerrit.password()
+    except ConfigError as exc:
+        return _print_config_errors(exc, args.config)
+    _setup_logging(args.log_level)
+    asyncio.run(serve(config))
+    return 0
+
+
+def _parse_header(raw: str) -> tuple[str, str]:
+    name, sep, value = raw.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"header must be 'name: value', got {raw!r}")
+    return name.strip().lower(), value.strip()
+
+
+async def _explain(config: Config, args: argparse.Namespace) -> int:
+    from gerrit_authz.v1 import admin_pb2
+    from google.protobuf.json_format import MessageToDict
+
+    from ._admin import check_request_from_explain, explain_response
+
+    components = build_components(config)
+    try:
+        request = check_request_from_explain(
+            admin_pb2.ExplainRequest(method=args.method, path=args.path, host=args.host, headers=dict(args.header))
+        )
+        decision, _ = await run_check(components.authorizer, request, Deadline.after(config.server.check_timeout))
+        retry_after = max(1, round(config.server.retry_after))
+        response = explain_response(decision, b"", retry_after)
+        out = MessageToDict(response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+        out.pop("check_response", None)
+        print(json.dumps(out, indent=2))
+        return 0 if decision.allowed else 1
+    finally:
+        await components.aclose()
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.config)
+        config.gerrit.password()
+    except ConfigError as exc:
+        return _print_config_errors(exc, args.config)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    return asyncio.run(_explain(config, args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gerrit-authz", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the ext_authz gRPC service")
+    serve.add_argument("--config", required=True)
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=_cmd_serve)
+    check = sub.add_parser("check-config", help="validate a configuration file (exit 2 when invalid)")
+    check.add_argument("file")
+    check.set_defaults(func=_cmd_check_config)
+    explain = sub.add_parser("explain", help="decide one request and print the trace (exit 0 allow, 1 deny)")
+    explain.add_argument("--config", required=True)
+    explain.add_argument("--method", default="GET")
+    explain.add_argument("--path", required=True)
+    explain.add_argument("--host", default="")
+    explain.add_argument("--header", action="append", default=[], type=_parse_header, metavar="'NAME: VALUE'")
+    explain.set_defaults(func=_cmd_explain)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""FastAPI/Starlette middleware asking gerrit-authz for each request."""
