@@ -6,8 +6,6 @@ import time
 from typing import Any
 
 import grpc
-from envoy.config.core.v3.address_pb2 import Address, SocketAddress
-from envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from gerrit_authz.v1 import admin_pb2, admin_pb2_grpc
 from google.protobuf.message import DecodeError
@@ -18,6 +16,7 @@ from ._deadline import Deadline
 from ._engine import Authorizer, Decision
 from ._response import allowed_headers, denied_body, denied_headers, to_check_response
 from ._servicer import run_check
+from .checkrequest import build_check_request, join_headers
 from .errors import status_for
 
 __all__ = ["AdminServicer", "check_request_from_explain", "explain_response"]
@@ -27,20 +26,14 @@ def check_request_from_explain(request: admin_pb2.ExplainRequest) -> CheckReques
     """The CheckRequest to explain: the serialized one if given, else one built from the plain fields."""
     if request.check_request:
         return CheckRequest.FromString(request.check_request)
-    http = AttributeContext.HttpRequest(
-        method=request.method or "GET",
-        path=request.path or "/",
+    return build_check_request(
+        request.method or "GET",
+        request.path or "/",
         host=request.host,
-        headers={k.lower(): v for k, v in request.headers.items()},
-        scheme="http",
-        protocol="HTTP/1.1",
+        headers=join_headers(request.headers.items()),
+        source_address=request.source_address,
+        context_extensions=request.context_extensions,
     )
-    attrs = AttributeContext(
-        request=AttributeContext.Request(http=http), context_extensions=dict(request.context_extensions)
-    )
-    if request.source_address:
-        attrs.source.address.CopyFrom(Address(socket_address=SocketAddress(address=request.source_address)))
-    return CheckRequest(attributes=attrs)
 
 
 def explain_response(decision: Decision, check_response_bytes: bytes, retry_after: int) -> admin_pb2.ExplainResponse:

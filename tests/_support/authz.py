@@ -12,10 +12,10 @@ from typing import Any
 import grpc
 import yaml
 from envoy.service.auth.v3 import external_auth_pb2_grpc
-from envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 
 from authz_server._server import AuthzServer, build_server
+from authz_server.checkrequest import build_check_request, join_headers
 from authz_server.config import Config, parse_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -29,17 +29,25 @@ def example_config_data() -> dict[str, Any]:
     return data
 
 
-def make_config(gerrit_url: str, password_file: Path, *, identity: list[Any] | None = None, cache: Mapping[str, Any] | None = None,
-                rules: list[Any] | None = None, server: Mapping[str, Any] | None = None,
-                gerrit: Mapping[str, Any] | None = None) -> Config:
+def make_config(
+    gerrit_url: str,
+    password_file: Path,
+    *,
+    identity: list[Any] | None = None,
+    cache: Mapping[str, Any] | None = None,
+    rules: list[Any] | None = None,
+    server: Mapping[str, Any] | None = None,
+    gerrit: Mapping[str, Any] | None = None,
+) -> Config:
     """The example config pointed at a test Gerrit, listening on ephemeral loopback ports.
 
     The service account's password is read from ``password_file`` (the contract's ``*_file`` secret form)."""
     data = copy.deepcopy(example_config_data())
     data["server"].update({"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0", **(server or {})})
     data["gerrit"].pop("password_env", None)
-    data["gerrit"].update({"url": gerrit_url, "username": "authz-bot", "password_file": str(password_file),
-                           **(gerrit or {})})
+    data["gerrit"].update(
+        {"url": gerrit_url, "username": "authz-bot", "password_file": str(password_file), **(gerrit or {})}
+    )
     if identity is not None:
         data["identity"] = identity
     if cache is not None:
@@ -69,15 +77,22 @@ def basic(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
 
-def check_request(method: str, path: str, headers: Mapping[str, str] | None = None, *, host: str = "svc.local",
-                  context_extensions: Mapping[str, str] | None = None) -> CheckRequest:
+def check_request(
+    method: str,
+    path: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    host: str = "svc.local",
+    context_extensions: Mapping[str, str] | None = None,
+) -> CheckRequest:
     """A CheckRequest shaped like the one Envoy sends (pseudo-headers included)."""
-    all_headers = {":method": method, ":path": path, ":authority": host, ":scheme": "http",
-                   **{k.lower(): v for k, v in (headers or {}).items()}}
-    http = AttributeContext.HttpRequest(id="1", method=method, path=path, host=host, scheme="http",
-                                        protocol="HTTP/1.1", headers=all_headers)
-    attrs = AttributeContext(request=AttributeContext.Request(http=http),
-                             context_extensions=dict(context_extensions or {}))
-    attrs.source.address.socket_address.address = "127.0.0.1"
-    attrs.source.address.socket_address.port_value = 40000
-    return CheckRequest(attributes=attrs)
+    return build_check_request(
+        method,
+        path,
+        host=host,
+        headers=join_headers((headers or {}).items()),
+        request_id="1",
+        source_address="127.0.0.1",
+        source_port=40000,
+        context_extensions=context_extensions,
+    )

@@ -1,0 +1,58 @@
+"""Build the ``CheckRequest`` Envoy would send for an HTTP request.
+
+One builder for everything that is not Envoy: the Admin API's Explain, ``gerrit-authz explain``, the FastAPI
+middleware and the tests, so they cannot drift apart from each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from envoy.config.core.v3.address_pb2 import Address, SocketAddress
+from envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+
+__all__ = ["build_check_request", "join_headers"]
+
+
+def join_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Lower-case names and join repeated headers with ',' as Envoy does (RFC 9110 field-line combination)."""
+    headers: dict[str, str] = {}
+    for name, value in pairs:
+        key = name.lower()
+        headers[key] = f"{headers[key]},{value}" if key in headers else value
+    return headers
+
+
+def build_check_request(
+    method: str,
+    path: str,
+    *,
+    host: str = "",
+    scheme: str = "http",
+    headers: Mapping[str, str] | None = None,
+    protocol: str = "HTTP/1.1",
+    request_id: str = "",
+    source_address: str = "",
+    source_port: int = 0,
+    context_extensions: Mapping[str, str] | None = None,
+) -> CheckRequest:
+    """A CheckRequest with ``attributes.request.http`` filled like Envoy fills it.
+
+    ``path`` includes the query string, as on the wire. ``headers`` must already be lower-cased and joined (see
+    :func:`join_headers`); the HTTP/2-style pseudo-headers Envoy adds are added here.
+    """
+    all_headers = {":method": method, ":path": path, ":authority": host, ":scheme": scheme, **(headers or {})}
+    if request_id:
+        all_headers.setdefault("x-request-id", request_id)
+    http = AttributeContext.HttpRequest(
+        id=request_id, method=method, path=path, host=host, scheme=scheme, protocol=protocol, headers=all_headers
+    )
+    attrs = AttributeContext(
+        request=AttributeContext.Request(http=http), context_extensions=dict(context_extensions or {})
+    )
+    if source_address:
+        attrs.source.address.CopyFrom(
+            Address(socket_address=SocketAddress(address=source_address, port_value=source_port))
+        )
+    return CheckRequest(attributes=attrs)
