@@ -138,16 +138,12 @@ async def _leaf(req: Requirement, target: str, ctx: Context) -> tuple[Result, st
     identity = ctx.identity
     if identity.error is not None:
         return Result(None, identity.error, reason=identity.error.reason), "", identity.error.detail
+    label = f"{_KIND[type(req)]} {target!r}" if target else _KIND[type(req)]
     if identity.principal is None:
-        return (
-            Result(False, reason=f"{_KIND[type(req)]} {target}: no credential".rstrip(), login_helps=True),
-            "",
-            "",
-        )
+        return Result(False, reason=f"{label}: no credential", login_helps=True), "", ""
     if isinstance(req, Authenticated):
         return Result(True), "", ""
     account = identity.account
-    label = f"{_KIND[type(req)]} {target!r}"
     if account is None:
         return Result(False, reason=f"{label}: {_name(identity)} has no Gerrit account"), "", ""
     try:
