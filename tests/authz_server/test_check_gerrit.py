@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from _support.authz import basic, check_request, check_stub, make_config, running_server
 from envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 
 from authz_server._server import AuthzServer
-from _support.authz import basic, check_request, check_stub, make_config, running_server
 
 pytestmark = pytest.mark.gerrit
 

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs everything gerrit-authz needs on a fresh machine of this kind (Debian, Python 3.11, Java 17, Maven):
+# Debian packages (redis-server, wrk, nghttp2-client), a virtualenv in .venv with the project and its dev
+# extras, and a real Gerrit runtime fetched from Maven Central into ~/.cache/gerrit-authz. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v wrk >/dev/null || need_apt+=(wrk)
+command -v h2load >/dev/null || need_apt+=(nghttp2-client)
+command -v mvn >/dev/null || need_apt+=(maven)
+command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
+if ((${#need_apt[@]})); then
+  echo "setup: apt-get install ${need_apt[*]}"
+  SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev]'
+
+scripts/fetch_gerrit.sh >/dev/null
+echo "setup: done (.venv ready, Gerrit runtime cached)"
