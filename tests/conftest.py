@@ -1,0 +1,27 @@
+"""Shared pytest fixtures. Keep each group of fixtures in its own section."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from _support.gerrit import GerritServer
+from _support.gerrit_provision import GerritFixture, provision
+
+# --------------------------------------------------------------------------------------------------------
+# Real Gerrit (tests marked @pytest.mark.gerrit)
+#
+# One Gerrit per test session, started only when a test asks for `gerrit` (first start fetches the runtime
+# with scripts/fetch_gerrit.sh into ~/.cache/gerrit-authz; later starts take ~10 s). GERRIT_VERSION and
+# GERRIT_JAVA_HOME select the release and the JDK; see tests/_support/gerrit.py.
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def gerrit() -> Iterator[GerritFixture]:
+    server = GerritServer()
+    try:
+        server.start()
+        yield GerritFixture(server=server, org=provision(server.url, server.admin_auth))
+    finally:
+        server.close()
