@@ -27,8 +27,9 @@ T = TypeVar("T")
 
 
 def _tag(name: str, value: object) -> str:
-    # '|' separates tags; keep it out of values so a crafted project name cannot forge a tag.
-    return f"{name}={str(value).replace('|', '%7C')}|"
+    # '|' separates tags; keep it out of values so a crafted project name cannot forge a tag. '%' is escaped
+    # first so that "a|b" and a literal "a%7Cb" (a valid git ref name) never share a key.
+    return f"{name}={str(value).replace('%', '%25').replace('|', '%7C')}|"
 
 
 class CachedGerrit:
@@ -100,11 +101,30 @@ class CachedGerrit:
             if ttl > 0:
                 payload = CODECS[kind][0](fact.value) if self._encodes else fact.value
                 await self._store.set(key, [payload, self._clock() + ttl], ttl + self._stale)
+                if isinstance(fact.value, Account):
+                    await self._remember(key, fact.value, ttl + self._stale)
             return fact
         try:
             return await asyncio.wait_for(asyncio.shield(future), max(deadline.remaining(), 0))
         except TimeoutError:
             raise Unavailable("deadline_exceeded", "the Check's budget ran out waiting for Gerrit") from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not future.cancelled() or (task is not None and task.cancelling()):
+                raise
+            # The owner's caller went away (its Check was cancelled), not ours: look it up again.
+            return await self._single_flight(kind, key, negative, fetch, deadline)
+
+    async def _remember(self, key: str, account: Account, ttl: float) -> None:
+        """Index a fetched account so ``invalidate(account=...)`` finds everything cached for it.
+
+        Names (username, email) map to the id; a verified credential gets a ``credref`` key tagged with the id,
+        because the credential's own key (an HMAC) cannot name the account.
+        """
+        for name in {account.username, account.email} - {""}:
+            await self._store.set("alias|" + _tag("q", name), account.id, ttl)
+        if key.startswith("credentials|"):
+            await self._store.set("credref|" + _tag("a", account.id) + key.removeprefix("credentials|"), 1, ttl)
 
     def _decode(self, kind: str, payload: Any) -> Any:
         return CODECS[kind][1](payload) if self._encodes else payload
@@ -185,13 +205,19 @@ class CachedGerrit:
         removed = 0
         if account is not None:
             account_ids = {account}
-            # A username or email names a cached account lookup; its id tags the account's other facts.
+            # A username or email names the account through an alias or a cached lookup.
+            alias = await self._store.get("alias|" + _tag("q", account))
+            if alias is not None:
+                account_ids.add(str(alias))
             entry = await self._store.get("account|" + _tag("q", account))
             if entry is not None and (known := self._decode("account", entry[0])) is not None:
                 account_ids.add(str(known.id))
+            keys = await self._store.keys_tagged(_tag("q", account)[:-1])
             for value in account_ids:
-                removed += await self._store.delete_tagged(_tag("a", value)[:-1])
-            removed += await self._store.delete_tagged(_tag("q", account)[:-1])
+                keys += await self._store.keys_tagged(_tag("a", value)[:-1])
+            # A revoked password must stop working now, not when its cached verification expires.
+            keys += ["credentials|" + k[k.index("|h=") + 1 :] for k in keys if k.startswith("credref|")]
+            removed += await self._store.delete_keys(sorted(set(keys)))
         if project is not None:
             removed += await self._store.delete_tagged(_tag("p", project)[:-1])
         if group is not None:

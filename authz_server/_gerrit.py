@@ -7,9 +7,11 @@ are kept as ``detail`` for the Explain trace.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Awaitable, Callable
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import quote, unquote
 
 import httpx
@@ -56,6 +58,22 @@ def _labels(data: dict[str, Any]) -> dict[str, LabelVotes]:
     return labels
 
 
+_F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
+
+
+def _shape_checked(method: _F) -> _F:
+    """A well-formed JSON answer of an unexpected shape is Gerrit misbehaving: Unavailable, never a crash."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise Unavailable("gerrit_error", f"unexpected answer from Gerrit ({type(exc).__name__})") from None
+
+    return cast(_F, wrapper)
+
+
 class GerritClient:
     """Uncached Gerrit lookups as the service account."""
 
@@ -85,7 +103,7 @@ class GerritClient:
             raise Unavailable("gerrit_unavailable", f"Gerrit unreachable: {type(exc).__name__}") from None
         if resp.status_code == 404 and not_found_ok:
             return _NOT_FOUND
-        if resp.status_code == 401 and auth is not None:
+        if resp.status_code in (401, 403) and auth is not None:
             return _NOT_FOUND  # the caller's own credentials were refused
         if resp.status_code != 200:
             detail = resp.text.strip()[:300]
@@ -106,22 +124,26 @@ class GerritClient:
         except ValueError:
             raise Unavailable("gerrit_error", "Gerrit sent a body that is not JSON") from None
 
+    @_shape_checked
     async def account(self, query: str, deadline: Deadline) -> Fact[Account | None]:
         data = await self._get(f"accounts/{quote(query, safe='@')}", deadline, not_found_ok=True)
         if data is _NOT_FOUND:
             return Fact(None, detail=f"no Gerrit account {query!r}")
         return Fact(_account(data))
 
+    @_shape_checked
     async def verify_credentials(self, username: str, password: str, deadline: Deadline) -> Fact[Account | None]:
         data = await self._get("accounts/self", deadline, auth=httpx.BasicAuth(username, password))
         if data is _NOT_FOUND:
             return Fact(None, detail="Gerrit refused the username/password")
         return Fact(_account(data))
 
+    @_shape_checked
     async def groups(self, account_id: int, deadline: Deadline) -> Fact[tuple[Group, ...]]:
         data = await self._get(f"accounts/{account_id}/groups", deadline)
         return Fact(tuple(Group(id=unquote(str(g.get("id", ""))), name=str(g.get("name", ""))) for g in data))
 
+    @_shape_checked
     async def check_access(
         self, project: str, account_id: int, ref: str, perm: str, deadline: Deadline
     ) -> Fact[AccessResult]:
@@ -137,10 +159,12 @@ class GerritClient:
         allowed = int(data.get("status", 0)) == 200
         return Fact(AccessResult(allowed, str(data.get("message", ""))))
 
+    @_shape_checked
     async def capabilities(self, account_id: int, deadline: Deadline) -> Fact[frozenset[str]]:
         data = await self._get(f"accounts/{account_id}/capabilities", deadline)
         return Fact(frozenset(name for name, value in data.items() if value))
 
+    @_shape_checked
     async def change(self, change_id: str, deadline: Deadline) -> Fact[ChangeInfo | None]:
         data = await self._get(
             f"changes/{quote(change_id, safe='~')}",

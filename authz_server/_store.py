@@ -14,6 +14,9 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from aiocache import RedisCache, SimpleMemoryCache
+from aiocache.serializers import StringSerializer
+
+from .errors import Unavailable
 
 __all__ = ["MemoryStore", "RedisStore", "Store", "make_store"]
 
@@ -28,8 +31,14 @@ class Store(Protocol):
 
     async def set(self, key: str, value: Any, ttl: float) -> None: ...
 
+    async def keys_tagged(self, tag: str) -> list[str]:
+        """Every key containing ``|tag|`` (or, for a kind, starting with ``tag|``)."""
+        ...
+
+    async def delete_keys(self, keys: list[str]) -> int: ...
+
     async def delete_tagged(self, tag: str) -> int:
-        """Drop every key containing ``|tag|`` (or starting with ``tag|`` for a kind); returns the count."""
+        """Drop every key :meth:`keys_tagged` finds; returns the count."""
         ...
 
     async def clear(self) -> None: ...
@@ -51,11 +60,17 @@ class MemoryStore:
     async def set(self, key: str, value: Any, ttl: float) -> None:
         await self._cache.set(key, value, ttl=ttl)
 
-    async def delete_tagged(self, tag: str) -> int:
-        keys = [k for k in list(self._cache._cache) if f"|{tag}|" in k or k.startswith(f"{tag}|")]
+    async def keys_tagged(self, tag: str) -> list[str]:
+        return [k for k in list(self._cache._cache) if f"|{tag}|" in k or k.startswith(f"{tag}|")]
+
+    async def delete_keys(self, keys: list[str]) -> int:
+        removed = 0
         for key in keys:
-            await self._cache.delete(key)
-        return len(keys)
+            removed += int(await self._cache.delete(key))
+        return removed
+
+    async def delete_tagged(self, tag: str) -> int:
+        return await self.delete_keys(await self.keys_tagged(tag))
 
     async def clear(self) -> None:
         await self._cache.clear()
@@ -83,6 +98,8 @@ class RedisStore:
             password=parts.password,
             ssl=parts.scheme == "rediss",
             namespace=namespace,
+            # Values are JSON text already; aiocache's default JsonSerializer would encode them a second time.
+            serializer=StringSerializer(),
             timeout=op_timeout,
             create_connection_timeout=op_timeout,
         )
@@ -102,17 +119,42 @@ class RedisStore:
         except Exception as exc:
             log.warning("redis set failed, answer not cached: %s", type(exc).__name__)
 
-    async def delete_tagged(self, tag: str) -> int:
+    def _key_glob(self) -> str:
+        # aiocache's Redis keys are "{namespace}:{key}" (it adds the ':'); escaped for SCAN MATCH.
+        return _GLOB_SPECIAL.sub(r"\\\1", self._cache.build_key(""))
+
+    async def keys_tagged(self, tag: str) -> list[str]:
         escaped = _GLOB_SPECIAL.sub(r"\\\1", tag)
-        client = self._cache.client
-        removed = 0
-        for pattern in (f"{self._ns}*|{escaped}|*", f"{self._ns}{escaped}|*"):
-            async for key in client.scan_iter(match=pattern, count=500):
-                removed += int(await client.delete(key))
-        return removed
+        prefix = self._cache.build_key("")
+        glob = self._key_glob()
+        keys: list[str] = []
+        try:
+            for pattern in (f"{glob}*|{escaped}|*", f"{glob}{escaped}|*"):
+                async for raw in self._cache.client.scan_iter(match=pattern, count=500):
+                    keys.append(raw.decode()[len(prefix) :])
+        except Exception as exc:
+            raise Unavailable("cache_unavailable", f"Redis cannot be searched: {type(exc).__name__}") from None
+        return keys
+
+    async def delete_keys(self, keys: list[str]) -> int:
+        if not keys:
+            return 0
+        try:
+            return int(await self._cache.client.delete(*(self._cache.build_key(k) for k in keys)))
+        except Exception as exc:
+            raise Unavailable("cache_unavailable", f"Redis cannot delete: {type(exc).__name__}") from None
+
+    async def delete_tagged(self, tag: str) -> int:
+        return await self.delete_keys(await self.keys_tagged(tag))
 
     async def clear(self) -> None:
-        await self._cache.clear()
+        # Only our namespace: aiocache's clear() without a namespace is FLUSHDB, which would wipe a shared Redis.
+        client = self._cache.client
+        try:
+            async for key in client.scan_iter(match=self._key_glob() + "*", count=500):
+                await client.delete(key)
+        except Exception as exc:
+            raise Unavailable("cache_unavailable", f"Redis cannot be cleared: {type(exc).__name__}") from None
 
     async def close(self) -> None:
         await self._cache.close()

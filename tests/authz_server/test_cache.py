@@ -1,0 +1,682 @@
+"""CachedGerrit over a MemoryStore: TTLs per kind, negative caching, single-flight, stale-if-error, invalidation.
+
+The inner GerritFacts is a counting fake; time is an injected clock (the store's own expiry runs on the real
+loop clock and is far longer than any test, so only CachedGerrit's freshness logic is exercised here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from authz_server._cache import CachedGerrit
+from authz_server._deadline import Deadline
+from authz_server._facts import AccessResult, Account, ChangeInfo, Fact, Group, LabelVotes
+from authz_server._store import MemoryStore
+from authz_server.config import TtlConfig
+from authz_server.errors import Unavailable
+
+# Distinct TTLs per kind so a test fails if one kind used another's TTL.
+TTL = TtlConfig(account=50, credentials=40, groups=30, capabilities=25, access=20, change=5, negative=3)
+STALE = 100.0
+SECRET = b"test-hmac-secret-0123456789abcdef"
+
+ALICE = Account(id=1000001, username="alice", email="alice@example.com", name="Alice")
+BOB = Account(id=1000002, username="bob", email="bob@example.com", name="Bob")
+ALICE_PASSWORD = "alice-Http-Pw-93f1"
+
+
+class Clock:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeGerrit:
+    """A counting GerritFacts. ``gate`` holds every answer until set; ``error`` is raised instead of answering."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[tuple[Any, ...]] = Counter()
+        self.error: BaseException | None = None
+        self.gate: asyncio.Event | None = None
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.accounts: dict[str, Account] = {"alice": ALICE, "alice@example.com": ALICE, "1000001": ALICE}
+        self.accounts |= {"bob": BOB, "bob@example.com": BOB, "1000002": BOB}
+        self.passwords = {"alice": ALICE_PASSWORD}
+        self.groups_of: dict[int, tuple[Group, ...]] = {
+            ALICE.id: (Group("global:Registered-Users", "Registered Users"), Group("a" * 40, "Developers")),
+            BOB.id: (Group("global:Registered-Users", "Registered Users"),),
+        }
+        self.grants: set[tuple[str, int, str, str]] = {("platform/build", ALICE.id, "refs/heads/main", "read")}
+        self.caps: dict[int, frozenset[str]] = {ALICE.id: frozenset({"createProject"}), BOB.id: frozenset()}
+        self.changes: dict[str, ChangeInfo] = {
+            "4711": ChangeInfo(4711, "platform/build", "main", "NEW", {"Code-Review": LabelVotes(2, -1)}, True)
+        }
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+    async def _answer(self, call: tuple[Any, ...], value: Any) -> Fact[Any]:
+        self.calls[call] += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            else:
+                await asyncio.sleep(0)
+            if self.error is not None:
+                raise self.error
+            return Fact(value)
+        finally:
+            self.in_flight -= 1
+
+    async def account(self, query: str, deadline: Deadline) -> Fact[Account | None]:
+        return await self._answer(("account", query), self.accounts.get(query))
+
+    async def verify_credentials(self, username: str, password: str, deadline: Deadline) -> Fact[Account | None]:
+        ok = self.passwords.get(username) == password
+        return await self._answer(("credentials", username), self.accounts.get(username) if ok else None)
+
+    async def groups(self, account_id: int, deadline: Deadline) -> Fact[tuple[Group, ...]]:
+        return await self._answer(("groups", account_id), self.groups_of.get(account_id, ()))
+
+    async def check_access(
+        self, project: str, account_id: int, ref: str, perm: str, deadline: Deadline
+    ) -> Fact[AccessResult]:
+        allowed = (project, account_id, ref, perm) in self.grants
+        result = AccessResult(True) if allowed else AccessResult(False, f"cannot {perm} {ref} of {project}")
+        return await self._answer(("access", project, account_id, ref, perm), result)
+
+    async def capabilities(self, account_id: int, deadline: Deadline) -> Fact[frozenset[str]]:
+        return await self._answer(("capabilities", account_id), self.caps.get(account_id, frozenset()))
+
+    async def change(self, change_id: str, deadline: Deadline) -> Fact[ChangeInfo | None]:
+        return await self._answer(("change", change_id), self.changes.get(change_id))
+
+
+class Env:
+    def __init__(self, ttl: TtlConfig = TTL, stale: float = STALE) -> None:
+        self.inner = FakeGerrit()
+        self.store = MemoryStore()
+        self.clock = Clock()
+        self.cache = CachedGerrit(self.inner, self.store, ttl, stale_if_error=stale, secret=SECRET, clock=self.clock)
+
+    def stored_keys(self) -> list[str]:
+        return sorted(self.store._cache._cache)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+@pytest.fixture
+async def env() -> Any:
+    e = Env()
+    yield e
+    await e.close()
+
+
+def budget(seconds: float = 10.0) -> Deadline:
+    return Deadline.after(seconds)
+
+
+Lookup = Callable[[CachedGerrit], Awaitable[Fact[Any]]]
+
+# kind -> (a positive lookup, its TTL)
+POSITIVE: dict[str, tuple[Lookup, float]] = {
+    "account": (lambda c: c.account("alice", budget()), TTL.account),
+    "credentials": (lambda c: c.verify_credentials("alice", ALICE_PASSWORD, budget()), TTL.credentials),
+    "groups": (lambda c: c.groups(ALICE.id, budget()), TTL.groups),
+    "access": (lambda c: c.check_access("platform/build", ALICE.id, "refs/heads/main", "read", budget()), TTL.access),
+    "capabilities": (lambda c: c.capabilities(ALICE.id, budget()), TTL.capabilities),
+    "change": (lambda c: c.change("4711", budget()), TTL.change),
+}
+
+NEGATIVE: dict[str, Lookup] = {
+    "account": lambda c: c.account("nobody@example.com", budget()),
+    "credentials": lambda c: c.verify_credentials("alice", "wrong-password", budget()),
+    "access": lambda c: c.check_access("platform/build", ALICE.id, "refs/heads/main", "push", budget()),
+    "change": lambda c: c.change("999999", budget()),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Freshness
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", POSITIVE)
+async def test_hit_within_ttl_is_served_from_cache(env: Env, kind: str) -> None:
+    lookup, ttl = POSITIVE[kind]
+
+    first = await lookup(env.cache)
+    env.clock.advance(ttl - 0.01)
+    second = await lookup(env.cache)
+
+    assert first.source == "gerrit"
+    assert second.source == "cache"
+    assert second.value == first.value
+    assert env.inner.total == 1
+
+
+@pytest.mark.parametrize("kind", POSITIVE)
+async def test_entry_expires_after_its_kinds_ttl(env: Env, kind: str) -> None:
+    lookup, ttl = POSITIVE[kind]
+
+    await lookup(env.cache)
+    env.clock.advance(ttl)
+    refreshed = await lookup(env.cache)
+    again = await lookup(env.cache)
+
+    assert refreshed.source == "gerrit"
+    assert again.source == "cache"
+    assert env.inner.total == 2
+
+
+@pytest.mark.parametrize("kind", NEGATIVE)
+async def test_negative_answers_use_the_negative_ttl(env: Env, kind: str) -> None:
+    lookup = NEGATIVE[kind]
+
+    first = await lookup(env.cache)
+    env.clock.advance(TTL.negative - 0.01)
+    cached = await lookup(env.cache)
+    env.clock.advance(0.01)
+    refreshed = await lookup(env.cache)
+
+    if kind == "access":
+        assert first.value.allowed is False
+        assert cached.value == first.value  # Gerrit's message is kept with the denial
+    else:
+        assert first.value is None
+        assert cached.value is None
+    assert (first.source, cached.source, refreshed.source) == ("gerrit", "cache", "gerrit")
+    assert env.inner.total == 2
+
+
+async def test_new_grant_takes_effect_after_negative_ttl(env: Env) -> None:
+    lookup = NEGATIVE["access"]
+    assert (await lookup(env.cache)).value.allowed is False
+
+    env.inner.grants.add(("platform/build", ALICE.id, "refs/heads/main", "push"))
+    assert (await lookup(env.cache)).value.allowed is False  # still the cached denial
+    env.clock.advance(TTL.negative)
+
+    assert (await lookup(env.cache)).value == AccessResult(True)
+
+
+async def test_zero_ttl_disables_caching_for_that_kind() -> None:
+    e = Env(ttl=TtlConfig(change=0, negative=0))
+    try:
+        await e.cache.change("4711", budget())
+        await e.cache.change("4711", budget())
+        await e.cache.account("nobody", budget())
+        await e.cache.account("nobody", budget())
+        await e.cache.account("alice", budget())
+        await e.cache.account("alice", budget())
+
+        assert e.inner.calls[("change", "4711")] == 2
+        assert e.inner.calls[("account", "nobody")] == 2
+        assert e.inner.calls[("account", "alice")] == 1
+        # Only alice's positive account answer is kept (with the name aliases that index it for invalidation).
+        assert [k for k in e.stored_keys() if not k.startswith("alias|")] == ["account|q=alice|"]
+    finally:
+        await e.close()
+
+
+async def test_entries_are_kept_for_ttl_plus_stale_window_in_the_store(env: Env) -> None:
+    # The store's own expiry must cover the stale window, or stale_if_error could never serve anything.
+    seen: list[float] = []
+    original = env.store.set
+
+    async def spy(key: str, value: Any, ttl: float) -> None:
+        seen.append(ttl)
+        await original(key, value, ttl)
+
+    env.store.set = spy  # type: ignore[method-assign]
+    await env.cache.groups(ALICE.id, budget())
+    await env.cache.account("nobody", budget())
+
+    assert seen == [TTL.groups + STALE, TTL.negative + STALE]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Single-flight
+# ---------------------------------------------------------------------------------------------------------------
+
+
+async def test_concurrent_identical_lookups_make_one_gerrit_request(env: Env) -> None:
+    env.inner.gate = asyncio.Event()
+
+    tasks = [asyncio.create_task(env.cache.groups(ALICE.id, budget())) for _ in range(100)]
+    await asyncio.sleep(0.01)
+    assert env.inner.total == 1  # everybody is waiting on the one request
+    env.inner.gate.set()
+    results = await asyncio.gather(*tasks)
+
+    assert env.inner.calls == Counter({("groups", ALICE.id): 1})
+    assert {id(r.value) for r in results} == {id(results[0].value)}
+    assert all(r.value == env.inner.groups_of[ALICE.id] for r in results)
+    # And the answer is now cached.
+    assert (await env.cache.groups(ALICE.id, budget())).source == "cache"
+    assert env.inner.total == 1
+
+
+async def test_concurrent_identical_lookups_with_gather(env: Env) -> None:
+    lookup = POSITIVE["access"][0]
+
+    results = await asyncio.gather(*(lookup(env.cache) for _ in range(100)))
+
+    assert env.inner.total == 1
+    assert all(r.value == AccessResult(True) for r in results)
+
+
+async def test_concurrent_different_keys_are_separate_requests(env: Env) -> None:
+    env.inner.gate = asyncio.Event()
+    queries = ["alice", "bob", "alice@example.com", "bob@example.com", "1000001", "nobody"]
+
+    tasks = [asyncio.create_task(env.cache.account(q, budget())) for q in queries for _ in range(5)]
+    await asyncio.sleep(0.01)
+    env.inner.gate.set()
+    results = await asyncio.gather(*tasks)
+
+    assert env.inner.calls == Counter({("account", q): 1 for q in queries})
+    assert env.inner.max_in_flight == len(queries)  # in parallel, not one after the other
+    assert [r.value for r in results[::5]] == [env.inner.accounts.get(q) for q in queries]
+
+
+async def test_same_arguments_of_different_kinds_do_not_share_a_flight(env: Env) -> None:
+    await asyncio.gather(env.cache.groups(ALICE.id, budget()), env.cache.capabilities(ALICE.id, budget()))
+
+    assert env.inner.calls == Counter({("groups", ALICE.id): 1, ("capabilities", ALICE.id): 1})
+
+
+@pytest.mark.parametrize(
+    "error", [Unavailable("gerrit_timeout", "Gerrit did not answer"), RuntimeError("bug in the client")]
+)
+async def test_owner_error_propagates_to_waiters_and_is_not_cached(env: Env, error: Exception) -> None:
+    env.inner.gate = asyncio.Event()
+    env.inner.error = error
+
+    tasks = [asyncio.create_task(env.cache.change("4711", budget())) for _ in range(20)]
+    await asyncio.sleep(0.01)
+    env.inner.gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert env.inner.total == 1
+    assert all(r is error for r in results)
+    assert env.stored_keys() == []
+
+    env.inner.gate = None
+    env.inner.error = None
+    fact = await env.cache.change("4711", budget())
+    assert fact.source == "gerrit"
+    assert fact.value == env.inner.changes["4711"]
+    assert env.inner.total == 2
+
+
+async def test_waiter_is_bounded_by_its_own_deadline(env: Env) -> None:
+    env.inner.gate = asyncio.Event()
+    owner = asyncio.create_task(env.cache.account("alice", budget()))
+    await asyncio.sleep(0)
+
+    started = time.monotonic()
+    with pytest.raises(Unavailable) as info:
+        await env.cache.account("alice", budget(0.05))
+    assert time.monotonic() - started < 1.0
+    assert info.value.code == "deadline_exceeded"
+
+    env.inner.gate.set()
+    assert (await owner).value == ALICE  # the owner is unaffected
+    assert env.inner.total == 1
+
+
+async def test_owner_cancelled_does_not_cancel_waiters(env: Env) -> None:
+    # The owner's caller going away (e.g. Envoy's ext_authz timeout cancelling its Check) must not fail the
+    # other Checks that joined its flight.
+    env.inner.gate = asyncio.Event()
+    owner = asyncio.create_task(env.cache.account("alice", budget()))
+    await asyncio.sleep(0)
+    waiters = [asyncio.create_task(env.cache.account("alice", budget())) for _ in range(5)]
+    await asyncio.sleep(0.01)
+
+    owner.cancel()
+    await asyncio.sleep(0.01)
+    env.inner.gate.set()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+
+    assert owner.cancelled()
+    assert [r.value if isinstance(r, Fact) else r for r in results] == [ALICE] * 5
+    assert env.inner.calls[("account", "alice")] == 2  # the cancelled request and one retry, not one per waiter
+
+
+async def test_waiter_cancelled_leaves_owner_and_others_alone(env: Env) -> None:
+    env.inner.gate = asyncio.Event()
+    owner = asyncio.create_task(env.cache.account("alice", budget()))
+    await asyncio.sleep(0)
+    leaving = asyncio.create_task(env.cache.account("alice", budget()))
+    staying = asyncio.create_task(env.cache.account("alice", budget()))
+    await asyncio.sleep(0.01)
+
+    leaving.cancel()
+    await asyncio.sleep(0)
+    env.inner.gate.set()
+
+    assert (await owner).value == ALICE
+    assert (await staying).value == ALICE
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    assert env.inner.total == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# stale_if_error
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", POSITIVE)
+async def test_stale_answer_during_outage_within_window(env: Env, kind: str) -> None:
+    lookup, ttl = POSITIVE[kind]
+    fresh = await lookup(env.cache)
+
+    env.clock.advance(ttl + STALE - 0.01)
+    env.inner.error = Unavailable("gerrit_timeout", "Gerrit did not answer within 2.000s")
+    stale = await lookup(env.cache)
+
+    assert stale.source == "stale_cache"
+    assert stale.value == fresh.value
+    assert "did not answer" in stale.detail
+    assert env.inner.total == 2  # Gerrit was asked first
+
+
+async def test_stale_window_closed_raises(env: Env) -> None:
+    await env.cache.groups(ALICE.id, budget())
+
+    env.clock.advance(TTL.groups + STALE)
+    env.inner.error = Unavailable("gerrit_unavailable", "Gerrit unreachable: ConnectError")
+    with pytest.raises(Unavailable) as info:
+        await env.cache.groups(ALICE.id, budget())
+
+    assert info.value.code == "gerrit_unavailable"
+
+
+async def test_negative_entry_is_also_served_stale(env: Env) -> None:
+    await env.cache.change("999999", budget())
+
+    env.clock.advance(TTL.negative + 1)
+    env.inner.error = Unavailable("gerrit_timeout", "slow")
+    fact = await env.cache.change("999999", budget())
+
+    assert (fact.value, fact.source) == (None, "stale_cache")
+
+
+async def test_no_entry_and_unavailable_raises(env: Env) -> None:
+    env.inner.error = Unavailable("gerrit_timeout", "Gerrit did not answer")
+
+    with pytest.raises(Unavailable) as info:
+        await env.cache.check_access("platform/build", ALICE.id, "refs/heads/main", "read", budget())
+
+    assert info.value.code == "gerrit_timeout"
+    assert env.stored_keys() == []
+
+
+async def test_other_errors_are_not_masked_by_stale_entries(env: Env) -> None:
+    await env.cache.groups(ALICE.id, budget())
+    env.clock.advance(TTL.groups + 1)
+    env.inner.error = RuntimeError("bug")
+
+    with pytest.raises(RuntimeError):
+        await env.cache.groups(ALICE.id, budget())
+
+
+async def test_recovery_after_outage_refreshes_and_recaches(env: Env) -> None:
+    await env.cache.capabilities(ALICE.id, budget())
+    env.clock.advance(TTL.capabilities + 1)
+    env.inner.error = Unavailable("gerrit_timeout", "slow")
+    assert (await env.cache.capabilities(ALICE.id, budget())).source == "stale_cache"
+
+    env.inner.error = None
+    env.inner.caps[ALICE.id] = frozenset({"createProject", "viewCaches"})
+    refreshed = await env.cache.capabilities(ALICE.id, budget())
+    cached = await env.cache.capabilities(ALICE.id, budget())
+
+    assert refreshed.source == "gerrit"
+    assert refreshed.value == frozenset({"createProject", "viewCaches"})
+    assert cached.source == "cache"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Credentials: keyed by an HMAC, never stored
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def store_text(env: Env) -> str:
+    return "\n".join(f"{key!r} {value!r}" for key, value in env.store._cache._cache.items())
+
+
+async def test_credentials_never_appear_in_the_store(env: Env) -> None:
+    fact = await env.cache.verify_credentials("alice", ALICE_PASSWORD, budget())
+    await env.cache.verify_credentials("alice", "wrong-password", budget())
+    assert fact.value == ALICE
+
+    dump = store_text(env)
+    assert len([k for k in env.stored_keys() if k.startswith("credentials|")]) == 2
+    for secret in (
+        ALICE_PASSWORD,
+        f"alice:{ALICE_PASSWORD}",
+        f"alice\0{ALICE_PASSWORD}",
+        base64.b64encode(f"alice:{ALICE_PASSWORD}".encode()).decode(),
+        "wrong-password",
+    ):
+        assert secret not in dump
+    # The verified one is indexed by account id (credref) so invalidating the account revokes it.
+    assert {key.split("|")[0] for key in env.stored_keys()} == {"credentials", "credref", "alias"}
+
+
+async def test_wrong_password_does_not_ride_on_a_cached_right_one(env: Env) -> None:
+    assert (await env.cache.verify_credentials("alice", ALICE_PASSWORD, budget())).value == ALICE
+
+    wrong = await env.cache.verify_credentials("alice", ALICE_PASSWORD + "x", budget())
+    swapped = await env.cache.verify_credentials("alice" + ALICE_PASSWORD[:1], ALICE_PASSWORD[1:], budget())
+
+    assert (wrong.value, wrong.source) == (None, "gerrit")
+    assert (swapped.value, swapped.source) == (None, "gerrit")
+    assert (await env.cache.verify_credentials("alice", ALICE_PASSWORD, budget())).source == "cache"
+
+
+async def test_credential_keys_depend_on_the_secret() -> None:
+    a, b = Env(), Env()
+    b.cache = CachedGerrit(b.inner, b.store, TTL, stale_if_error=STALE, secret=b"another-secret", clock=b.clock)
+    try:
+        await a.cache.verify_credentials("alice", ALICE_PASSWORD, budget())
+        await b.cache.verify_credentials("alice", ALICE_PASSWORD, budget())
+        assert a.stored_keys() != b.stored_keys()
+    finally:
+        await a.close()
+        await b.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Invalidation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+async def fill(env: Env) -> None:
+    c = env.cache
+    for query in ("alice", "alice@example.com", "bob"):
+        await c.account(query, budget())
+    for account in (ALICE, BOB):
+        await c.groups(account.id, budget())
+        await c.capabilities(account.id, budget())
+        await c.check_access("platform/build", account.id, "refs/heads/main", "read", budget())
+        await c.check_access("platform/build-tools", account.id, "refs/heads/main", "read", budget())
+    await c.check_access("platform", ALICE.id, "refs/heads/main", "read", budget())
+    await c.change("4711", budget())
+    await c.change("47110", budget())
+    await c.verify_credentials("alice", ALICE_PASSWORD, budget())
+
+
+async def test_invalidate_account_by_id_drops_its_facts(env: Env) -> None:
+    await fill(env)
+    before = env.stored_keys()
+
+    removed = await env.cache.invalidate(account=str(ALICE.id))
+
+    gone = set(before) - set(env.stored_keys())
+    (credref,) = [k for k in before if k.startswith("credref|a=1000001|")]
+    assert gone == {
+        "groups|a=1000001|",
+        "capabilities|a=1000001|",
+        "access|a=1000001|p=platform/build|r=refs/heads/main|perm=read|",
+        "access|a=1000001|p=platform/build-tools|r=refs/heads/main|perm=read|",
+        "access|a=1000001|p=platform|r=refs/heads/main|perm=read|",
+        # Her verified password: revoked with the account, not when ttl.credentials runs out.
+        credref,
+        "credentials|" + credref.split("|", 2)[2],
+    }
+    assert removed == len(gone)
+    # Bob's facts stay, and are still answered from the cache.
+    assert (await env.cache.groups(BOB.id, budget())).source == "cache"
+    assert (await env.cache.groups(ALICE.id, budget())).source == "gerrit"
+
+
+@pytest.mark.parametrize("query", ["alice@example.com", "alice"])
+async def test_invalidate_account_by_name_also_drops_groups_and_access(env: Env, query: str) -> None:
+    await fill(env)
+    before = env.stored_keys()
+
+    removed = await env.cache.invalidate(account=query)
+
+    gone = set(before) - set(env.stored_keys())
+    assert f"account|q={query}|" in gone
+    assert {"groups|a=1000001|", "capabilities|a=1000001|"} <= gone
+    assert {k for k in gone if k.startswith("access|")} == {k for k in before if k.startswith("access|a=1000001|")}
+    assert not any("1000002" in k or "bob" in k for k in gone)
+    assert removed == len(gone)
+
+
+async def test_invalidate_unknown_account_removes_nothing(env: Env) -> None:
+    await fill(env)
+    before = env.stored_keys()
+
+    assert await env.cache.invalidate(account="nobody@example.com") == 0
+    assert env.stored_keys() == before
+
+
+async def test_invalidate_project_drops_only_that_projects_access(env: Env) -> None:
+    await fill(env)
+    before = env.stored_keys()
+
+    removed = await env.cache.invalidate(project="platform/build")
+
+    gone = set(before) - set(env.stored_keys())
+    assert gone == {
+        "access|a=1000001|p=platform/build|r=refs/heads/main|perm=read|",
+        "access|a=1000002|p=platform/build|r=refs/heads/main|perm=read|",
+    }
+    assert removed == 2
+
+
+async def test_invalidate_change_drops_only_that_change(env: Env) -> None:
+    await fill(env)
+    before = env.stored_keys()
+
+    removed = await env.cache.invalidate(change="4711")
+
+    assert set(before) - set(env.stored_keys()) == {"change|c=4711|"}
+    assert removed == 1
+    assert (await env.cache.change("47110", budget())).source == "cache"
+
+
+async def test_invalidate_group_drops_every_groups_entry(env: Env) -> None:
+    await fill(env)
+    before = env.stored_keys()
+
+    removed = await env.cache.invalidate(group="Developers")
+
+    gone = set(before) - set(env.stored_keys())
+    assert gone == {"groups|a=1000001|", "groups|a=1000002|"}
+    assert removed == 2
+
+
+async def test_invalidate_everything(env: Env) -> None:
+    await fill(env)
+    assert len(env.store) > 10
+
+    assert await env.cache.invalidate(everything=True) == -1
+
+    assert len(env.store) == 0
+    assert env.stored_keys() == []
+    assert (await env.cache.change("4711", budget())).source == "gerrit"
+
+
+async def test_invalidate_nothing_named_is_a_no_op(env: Env) -> None:
+    await fill(env)
+    before = env.stored_keys()
+
+    assert await env.cache.invalidate() == 0
+    assert env.stored_keys() == before
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Key construction: values cannot forge tags or collide
+# ---------------------------------------------------------------------------------------------------------------
+
+
+async def test_pipe_in_a_value_cannot_forge_a_tag(env: Env) -> None:
+    # A project name carrying "|a=<bob>|" must not make the entry look like one of Bob's facts.
+    forged = f"evil|a={BOB.id}|p=platform/build"
+    await env.cache.check_access(forged, ALICE.id, "refs/heads/main", "read", budget())
+    await env.cache.check_access("platform/build", BOB.id, "refs/heads/main", "read", budget())
+
+    assert await env.cache.invalidate(account=str(BOB.id)) == 1
+    assert await env.cache.invalidate(project="platform/build") == 0
+    (key,) = env.stored_keys()
+    assert key.count("|") == 5  # kind + exactly four tags
+    assert f"|a={BOB.id}|" not in key
+
+    # And the forged project's entry is dropped by its own name.
+    assert await env.cache.invalidate(project=forged) == 1
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        # a value containing '|' vs. one containing its escape
+        (("p|x", "refs/heads/main"), ("p%7Cx", "refs/heads/main")),
+        (("p", "refs/heads/a|b"), ("p", "refs/heads/a%7Cb")),
+        # shifting text between adjacent tags
+        (("p|r=refs/heads/x", "y"), ("p", "refs/heads/x|r=y")),
+    ],
+)
+async def test_distinct_lookups_never_share_a_key(env: Env, first: tuple[str, str], second: tuple[str, str]) -> None:
+    env.inner.grants = {(first[0], ALICE.id, first[1], "read")}
+
+    allowed = await env.cache.check_access(first[0], ALICE.id, first[1], "read", budget())
+    other = await env.cache.check_access(second[0], ALICE.id, second[1], "read", budget())
+
+    assert allowed.value.allowed is True
+    assert (other.value.allowed, other.source) == (False, "gerrit")
+    assert len(env.stored_keys()) == 2
+
+
+async def test_percent_and_pipe_values_are_invalidated_by_their_own_name(env: Env) -> None:
+    for project in ("a|b", "a%7Cb", "a%b"):
+        await env.cache.check_access(project, ALICE.id, "refs/heads/main", "read", budget())
+
+    assert await env.cache.invalidate(project="a%7Cb") == 1
+    assert await env.cache.invalidate(project="a|b") == 1
+    assert await env.cache.invalidate(project="a%b") == 1
+    assert env.stored_keys() == []
