@@ -17,7 +17,7 @@ from ._engine import Authorizer, Decision
 from ._response import allowed_headers, denied_body, denied_headers, to_check_response
 from ._servicer import run_check
 from .checkrequest import build_check_request, join_headers
-from .errors import status_for
+from .errors import AuthzError, status_for
 
 __all__ = ["AdminServicer", "check_request_from_explain", "explain_response"]
 
@@ -104,13 +104,16 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "set one of account, project, group, change or all")
         if self._cache is None:
             return admin_pb2.InvalidateResponse(removed=0)
-        if target == "all":
-            if not request.all:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "all must be true")
-            removed = await self._cache.invalidate(everything=True)
-        else:
-            value = getattr(request, target)
-            if not value:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{target} must not be empty")
-            removed = await self._cache.invalidate(**{target: value})
+        try:
+            if target == "all":
+                if not request.all:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "all must be true")
+                removed = await self._cache.invalidate(everything=True)
+            else:
+                value = getattr(request, target)
+                if not value:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{target} must not be empty")
+                removed = await self._cache.invalidate(**{target: value})
+        except AuthzError as exc:  # e.g. the shared Redis is down: say so, the entries are still there
+            await context.abort(status_for(exc).grpc, f"{exc.code}: {exc.reason}")
         return admin_pb2.InvalidateResponse(removed=removed)
