@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: set up (idempotent), then lint, type-check and run every test, real Gerrit, Envoy,
-# Redis, grpcurl and OIDC provider included. Extra arguments go to pytest.
+# Redis, grpcurl and OIDC provider included. Extra arguments go to the main pytest run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -8,4 +8,18 @@ export PATH="$PWD/.venv/bin:$PATH"
 ruff check .
 ruff format --check .
 mypy
+
+# The newest Gerrit release needs Java 21+: where such a JDK is installed, the Gerrit tests run against it too.
+newest_gerrit="${GERRIT_NEWEST_VERSION:-3.13.5}"
+newest_jdk="$(ls -d /usr/lib/jvm/temurin-2[1-9]-* /usr/lib/jvm/temurin-[3-9][0-9]-* 2>/dev/null | sort -V | tail -n 1 || true)"
+if [[ -n "$newest_jdk" && -z "${SKIP_NEWEST_GERRIT:-}" ]]; then
+  echo "test: Gerrit $newest_gerrit on $newest_jdk"
+  GERRIT_VERSION="$newest_gerrit" scripts/fetch_gerrit.sh >/dev/null
+  GERRIT_VERSION="$newest_gerrit" GERRIT_JAVA_HOME="$newest_jdk" \
+    python -m pytest -q -p no:cacheprovider -m gerrit tests/test_gerrit_harness.py tests/authz_server/test_check_gerrit.py
+else
+  echo "test: no Java 21+ under /usr/lib/jvm: Gerrit $newest_gerrit is not tested on this machine"
+fi
+
+# The whole suite, against the baseline Gerrit 3.10 on the default Java 17.
 python -m pytest -q -p no:cacheprovider "$@"
