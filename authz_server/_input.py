@@ -64,7 +64,7 @@ def normalize_path(raw: str) -> str:
         raise BadRequest("malformed_path", "encoded NUL or backslash in path")
     segments = path.split("/")[1:]
     for i, seg in enumerate(segments):
-        if seg in (".", ".."):
+        if seg.partition(";")[0] in (".", ".."):  # also "..;x": Tomcat/Jetty drop path parameters
             raise BadRequest("malformed_path", "dot-segments are not allowed in path")
         if seg == "" and i != len(segments) - 1:
             raise BadRequest("malformed_path", "empty path segment ('//')")
@@ -106,7 +106,8 @@ def parse_check_request(request: CheckRequest) -> CheckInput:
         headers=headers,
         source_address=source.address.socket_address.address if source.HasField("address") else "",
         source_principal=source.principal,
-        request_id=http.id or headers.get("x-request-id", ""),
+        # x-request-id is what the upstream and Envoy's access log see; http.id is only a stream number.
+        request_id=headers.get("x-request-id", "") or http.id,
         context_extensions=dict(attrs.context_extensions) or _EMPTY,
         metadata=(
             {k: MessageToDict(v) for k, v in attrs.metadata_context.filter_metadata.items()}

@@ -52,9 +52,15 @@ class Rule:
         if self.template is None:
             return {}
         try:
-            return self.template.match(inp.path)
+            captures = self.template.match(inp.path)
         except UnicodeDecodeError:
             raise BadRequest("malformed_path", "a path segment is not valid UTF-8 once decoded") from None
+        if captures is not None:
+            for value in captures.values():
+                # "a%2F..%2Fb" is one segment on the wire but the name "a/../b" once decoded: refuse, never guess.
+                if "\0" in value or any(part in (".", "..", "") for part in value.split("/")):
+                    raise BadRequest("malformed_path", "an encoded path segment decodes to an empty or dot segment")
+        return captures
 
 
 @dataclass(frozen=True, slots=True)

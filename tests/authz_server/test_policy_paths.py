@@ -1,0 +1,44 @@
+"""Captures that decode to something an upstream could read two ways are refused, not guessed at."""
+
+from __future__ import annotations
+
+import pytest
+from _support.authz import check_request
+
+from authz_server._input import parse_check_request
+from authz_server._policy import Policy
+from authz_server.config import parse_config
+from authz_server.errors import BadRequest
+
+POLICY = Policy.from_config(
+    parse_config(
+        {
+            "gerrit": {"url": "http://gerrit", "username": "u", "password_env": "P"},
+            "rules": [{"name": "a", "match": {"path": "/p/{project}/-/{file:path}"}, "require": "anyone"}],
+        }
+    ).rules
+)
+
+
+def captures(path: str) -> dict[str, str] | None:
+    match = POLICY.match(parse_check_request(check_request("GET", path)))
+    return None if match is None else dict(match.captures)
+
+
+def test_an_encoded_slash_stays_inside_the_project() -> None:
+    assert captures("/p/platform%2Fbuild/-/out/app.tar") == {"project": "platform/build", "file": "out/app.tar"}
+
+
+@pytest.mark.parametrize(
+    "path", ["/p/a%2F..%2Fb/-/x", "/p/a%2F.%2Fb/-/x", "/p/a%2F%2Fb/-/x", "/p/%2Fb/-/x", "/p/a/-/x%2F..%2Fy"]
+)
+def test_captures_decoding_to_dot_or_empty_segments_are_400(path: str) -> None:
+    with pytest.raises(BadRequest) as err:
+        captures(path)
+    assert err.value.code == "malformed_path"
+
+
+def test_request_id_prefers_x_request_id_over_the_stream_id() -> None:
+    request = check_request("GET", "/p/a/-/x", {"x-request-id": "0d9e4c8a-uuid"})
+    request.attributes.request.http.id = "123456"
+    assert parse_check_request(request).request_id == "0d9e4c8a-uuid"
