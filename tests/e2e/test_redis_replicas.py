@@ -1,0 +1,109 @@
+"""Two gerrit-authz processes sharing one real Redis, in front of the real Gerrit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from _support.authz import basic, example_config_data
+from _support.redis import RedisServer
+from gerrit_authz.v1 import admin_pb2, admin_pb2_grpc
+
+pytestmark = pytest.mark.gerrit
+
+ARTIFACT = "/artifacts/platform%2Fbuild/-/main/out/app.tar"
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@asynccontextmanager
+async def replica(tmp_path: Path, name: str, gerrit: Any, redis_url: str) -> AsyncIterator[tuple[str, str]]:
+    """A `gerrit-authz serve` process; yields its (ext_authz, admin) addresses."""
+    data = example_config_data()
+    data["server"].update(listen="127.0.0.1:0", admin_listen="127.0.0.1:0")
+    data["gerrit"].update(url=gerrit.server.url, username="authz-bot", password_env="REPLICA_GERRIT_PASSWORD")
+    data["identity"] = [{"gerrit_http_credentials": {}}]
+    data["cache"].update(backend="redis", redis_url=redis_url)
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "REPLICA_GERRIT_PASSWORD": gerrit.org.bot.http_password}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "authz_server",
+        "serve",
+        "--config",
+        str(config),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [(await asyncio.wait_for(proc.stdout.readline(), 30)).decode() for _ in range(2)]
+        yield lines[0].rsplit(" ", 1)[1].strip(), lines[1].rsplit(" ", 1)[1].strip()
+    finally:
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), 15) == 0  # a Redis outage never crashed it
+
+
+async def explain(admin: str, user: Any, path: str = ARTIFACT) -> admin_pb2.ExplainResponse:
+    async with grpc.aio.insecure_channel(admin) as channel:
+        request = admin_pb2.ExplainRequest(
+            method="GET", path=path, headers={"authorization": basic(user.username, user.http_password)}
+        )
+        return await admin_pb2_grpc.AdminStub(channel).Explain(request, timeout=15)
+
+
+async def invalidate(admin: str, **target: Any) -> int:
+    async with grpc.aio.insecure_channel(admin) as channel:
+        reply = await admin_pb2_grpc.AdminStub(channel).Invalidate(admin_pb2.InvalidateRequest(**target), timeout=15)
+        return int(reply.removed)
+
+
+def sources(decision: admin_pb2.ExplainResponse) -> list[str]:
+    return [r.source for r in decision.requirements if r.kind == "permission"]
+
+
+async def test_replicas_share_answers_and_invalidation_through_redis(
+    tmp_path: Path, gerrit: Any, redis: RedisServer
+) -> None:
+    bob = gerrit.org.bob
+    async with (
+        replica(tmp_path, "a", gerrit, redis.url) as (_, admin_a),
+        replica(tmp_path, "b", gerrit, redis.url) as (_, admin_b),
+    ):
+        first = await explain(admin_a, bob)
+        assert first.allowed and sources(first) == ["gerrit"]
+
+        # B never asked Gerrit: the credential check and the check.access answer come from A's lookups in Redis.
+        second = await explain(admin_b, bob)
+        assert second.allowed and sources(second) == ["cache"]
+        assert second.identity.username == "bob"
+
+        # Invalidate on B is seen by A: A asks Gerrit again.
+        assert await invalidate(admin_b, account="bob") >= 2
+        third = await explain(admin_a, bob)
+        assert third.allowed and sources(third) == ["gerrit"]
+
+        # Redis goes away: lookups fall back to Gerrit; a deny stays a deny, nothing crashes.
+        redis.kill()
+        after = await explain(admin_b, bob)
+        assert after.allowed and sources(after) == ["gerrit"]
+        secret = await explain(admin_a, gerrit.org.carol, "/artifacts/platform%2Fsecret/-/main/out/app.tar")
+        assert (secret.allowed, secret.http_status, secret.code) == (False, 403, "requirement_failed")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await invalidate(admin_a, account="bob")
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # said plainly, not a silent "removed 0"
