@@ -58,6 +58,10 @@ def normalize_path(raw: str) -> str:
         raise BadRequest("malformed_path", "invalid percent-encoding in path")
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in raw) or "\\" in raw:
         raise BadRequest("malformed_path", "control characters, spaces or backslashes in path")
+    if ";" in raw:
+        # Tomcat and Jetty drop ";params" before routing, so "/admin;x/y" would be "/admin/y" upstream while it
+        # matched no "/admin/" rule here.
+        raise BadRequest("malformed_path", "path parameters (';') are not allowed in path")
     path = _ESCAPE.sub(_decode_unreserved, raw) if "%" in raw else raw
     upper = path.upper()
     if "%00" in upper or "%5C" in upper:

@@ -14,6 +14,16 @@ from .errors import BadRequest
 __all__ = ["Match", "Policy", "Rule"]
 
 
+def _without_port(host: str) -> str:
+    """``example.com:8080`` → ``example.com``; ``[::1]:8080`` → ``[::1]``."""
+    name, sep, port = host.rpartition(":")
+    return (
+        name
+        if sep and port.isdigit() and not name.endswith(":") and (name.startswith("[") or ":" not in name)
+        else host
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     name: str
@@ -43,7 +53,7 @@ class Rule:
         """The decoded path captures when this rule applies to ``inp``, else None."""
         if self.methods is not None and inp.method not in self.methods:
             return None
-        if self.hosts is not None and inp.host.partition(":")[0] not in self.hosts and inp.host not in self.hosts:
+        if self.hosts is not None and inp.host not in self.hosts and _without_port(inp.host) not in self.hosts:
             return None
         if self.context is not None and any(inp.context_extensions.get(k) != v for k, v in self.context.items()):
             return None

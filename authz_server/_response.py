@@ -80,7 +80,7 @@ def to_check_response(decision: Decision, inp: CheckInput | None, *, retry_after
         metadata = Struct()
         metadata.update(
             {
-                "account_id": account.id if account else "",
+                "account_id": str(account.id) if account else "",
                 "username": account.username if account else "",
                 "rule": decision.rule,
                 "decision_id": decision.decision_id,
@@ -107,7 +107,7 @@ def _deny_metadata(decision: Decision) -> Struct:
     account = decision.identity.account
     metadata.update(
         {
-            "account_id": account.id if account else "",
+            "account_id": str(account.id) if account else "",
             "rule": decision.rule,
             "decision_id": decision.decision_id,
             "error": decision.error.code if decision.error else "",

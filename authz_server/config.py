@@ -129,7 +129,7 @@ class JwtConfig(_Model):
 
 
 class GerritHttpCredentialsConfig(_Model):
-    realm: str = "gerrit-authz"
+    pass
 
 
 class EnvoyJwtMetadataConfig(_Model):
@@ -176,11 +176,12 @@ class CacheConfig(_Model):
 
 
 class MatchConfig(_Model):
-    methods: list[str] | None = None
+    # An empty list would silently mean "anything"; leave the key out for that.
+    methods: list[str] | None = Field(default=None, min_length=1)
     path: str | None = None
     path_prefix: str | None = None
-    hosts: list[str] | None = None
-    context_extensions: dict[str, str] | None = None
+    hosts: list[str] | None = Field(default=None, min_length=1)
+    context_extensions: dict[str, str] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _path(self) -> MatchConfig:
@@ -231,8 +232,11 @@ class Config(_Model):
         names = [rule.name for rule in self.rules]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"rule names must be unique: {dupes}")
+            raise ValueError(f"rules: rule names must be unique: {dupes}")
         return self
+
+
+_REQUIREMENT_PATH = re.compile(r"^([A-Za-z_][\w.\[\]-]*): (.+)$", re.S)
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -255,9 +259,12 @@ def parse_config(data: Any) -> Config:
         errors = []
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
+            loc = _loc(err["loc"])
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
-            errors.append((_loc(err["loc"]), msg))
+            elif loc.endswith(".require") and (m := _REQUIREMENT_PATH.match(msg)):
+                loc, msg = f"{loc}.{m.group(1)}".replace(".[", "["), m.group(2)
+            errors.append((loc, msg))
         raise ConfigError(errors) from None
 
 

@@ -93,7 +93,7 @@ class TestAllowed:
     def test_dynamic_metadata(self) -> None:
         response = to_check_response(allow(), client_input({}))
         assert MessageToDict(response.dynamic_metadata) == {
-            "account_id": 1000001,
+            "account_id": "1000001",  # a string, like every other value here ("" when unknown)
             "username": "alice",
             "rule": "read-artifacts",
             "decision_id": "d-allow",
