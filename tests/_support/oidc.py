@@ -226,10 +226,11 @@ class OidcProviderMock:
 
     START_TIMEOUT_S = 30.0
 
-    def __init__(self, users: list[dict[str, Any]] | None = None, *, token_max_age: int = 3600) -> None:
+    def __init__(self, users: list[dict[str, Any]] | None = None, *, token_max_age: int = 3600, port: int = 0) -> None:
         self.users = users or []
         self.token_max_age = token_max_age
-        self.port = 0
+        self.fixed_port = port  # 0: a free one (tests); the quickstart uses the example config's issuer port
+        self.port = port
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in __exit__; a pipe could fill and stall)
 
@@ -239,7 +240,7 @@ class OidcProviderMock:
 
     def start(self) -> OidcProviderMock:
         for _ in range(3):  # the free port may be taken between probing and binding: retry on another
-            self.port = free_port()
+            self.port = self.fixed_port or free_port()
             cmd = [sys.executable, "-m", "oidc_provider_mock", "--host", "127.0.0.1", "--port", str(self.port)]
             cmd += ["--token-max-age", str(self.token_max_age)]
             for user in self.users:
