@@ -37,15 +37,15 @@ def _print_config_errors(exc: ConfigError, path: str) -> int:
     return 2
 
 
-def _load(path: str) -> Config:
-    return load_config(path)
+def _load_runnable(path: str) -> Config:
+    """A valid config whose secret can be read now (so ``serve`` fails at start, not at the first Check)."""
+    config = load_config(path)
+    config.gerrit.password()
+    return config
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    try:
-        config = _load(args.file)
-    except ConfigError as exc:
-        return _print_config_errors(exc, args.file)
+    config = load_config(args.file)
     try:
         config.gerrit.password()
     except ConfigError as exc:  # the file is valid; the secret is the deployment's business
@@ -60,11 +60,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from ._server import serve
 
-    try:
-        config = _load(args.config)
-        config.gerrit.password()
-    except ConfigError as exc:
-        return _print_config_errors(exc, args.config)
+    config = _load_runnable(args.config)
     _setup_logging(args.log_level)
     asyncio.run(serve(config))
     return 0
@@ -100,11 +96,7 @@ async def _explain(config: Config, args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    try:
-        config = _load(args.config)
-        config.gerrit.password()
-    except ConfigError as exc:
-        return _print_config_errors(exc, args.config)
+    config = _load_runnable(args.config)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     return asyncio.run(_explain(config, args))
 
@@ -131,7 +123,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        return _print_config_errors(exc, getattr(args, "config", None) or args.file)
 
 
 if __name__ == "__main__":
