@@ -34,7 +34,9 @@ def readme_grpcurl_commands() -> list[str]:
 async def authz(gerrit: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[AuthzServer]:
     secret = tmp_path_factory.mktemp("grpcurl") / "password"
     secret.write_text(gerrit.org.bot.http_password)
-    async with running_server(make_config(gerrit.server.url, secret, identity=[{"gerrit_http_credentials": {}}])) as app:
+    async with running_server(
+        make_config(gerrit.server.url, secret, identity=[{"gerrit_http_credentials": {}}])
+    ) as app:
         yield app
 
 
