@@ -12,6 +12,7 @@ from .errors import status_for
 __all__ = ["AUDIT_LOGGER", "audit"]
 
 AUDIT_LOGGER = logging.getLogger("gerrit_authz.audit")
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps would build one per call for these separators
 
 
 def audit(decision: Decision, inp: CheckInput | None, *, elapsed_ms: float, via: str = "check") -> None:
@@ -39,4 +40,4 @@ def audit(decision: Decision, inp: CheckInput | None, *, elapsed_ms: float, via:
         "elapsed_ms": round(elapsed_ms, 3),
         "via": via,
     }
-    AUDIT_LOGGER.info(json.dumps(record, separators=(",", ":")))
+    AUDIT_LOGGER.info(_ENCODER.encode(record))

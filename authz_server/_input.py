@@ -25,6 +25,7 @@ __all__ = ["CheckInput", "normalize_path", "parse_check_request"]
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_CONTROL_OR_BACKSLASH = re.compile(r"[\x00-\x20\x7f\\]")
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -56,7 +57,7 @@ def normalize_path(raw: str) -> str:
         raise BadRequest("malformed_path", "path must start with '/'")
     if _BAD_PERCENT.search(raw):
         raise BadRequest("malformed_path", "invalid percent-encoding in path")
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in raw) or "\\" in raw:
+    if _CONTROL_OR_BACKSLASH.search(raw):
         raise BadRequest("malformed_path", "control characters, spaces or backslashes in path")
     if ";" in raw:
         # Tomcat and Jetty drop ";params" before routing, so "/admin;x/y" would be "/admin/y" upstream while it

@@ -55,7 +55,10 @@ class MemoryStore:
         self.encodes = False
 
     async def get(self, key: str) -> Any | None:
-        return await self._cache.get(key)
+        # Hot path (every cached fact of every Check): read aiocache's dict directly. SimpleMemoryCache.get
+        # adds only its decorator stack (env lookup, timeout, plugins, timing, debug log) around the same
+        # dict.get: no namespace, NullSerializer, expiry by call_later deletion. Writes still go through it.
+        return self._cache._cache.get(key)
 
     async def set(self, key: str, value: Any, ttl: float) -> None:
         await self._cache.set(key, value, ttl=ttl)
