@@ -10,7 +10,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from gerrit_authz.v1 import admin_pb2, admin_pb2_grpc
 from google.protobuf.message import DecodeError
 
-from ._audit import audit
+from ._audit import AuditLog
 from ._cache import CachedGerrit
 from ._deadline import Deadline
 from ._engine import Authorizer, Decision
@@ -70,9 +70,16 @@ def explain_response(decision: Decision, check_response_bytes: bytes, retry_afte
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
     def __init__(
-        self, authorizer: Authorizer, cache: CachedGerrit | None, *, check_timeout: float, retry_after: int
+        self,
+        authorizer: Authorizer,
+        cache: CachedGerrit | None,
+        *,
+        check_timeout: float,
+        retry_after: int,
+        audit: AuditLog | None = None,
     ) -> None:
         self._authorizer = authorizer
+        self._audit = audit or AuditLog()
         self._cache = cache
         self._check_timeout = check_timeout
         self._retry_after = retry_after
@@ -90,7 +97,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         remaining = context.time_remaining()
         deadline = Deadline.after(self._check_timeout if remaining is None else remaining)
         decision, inp = await run_check(self._authorizer, check_request, deadline)
-        audit(decision, inp, elapsed_ms=(time.perf_counter() - start) * 1000, via="explain")
+        self._audit(decision, inp, elapsed_ms=(time.perf_counter() - start) * 1000, via="explain")
         response = to_check_response(decision, inp, retry_after=self._retry_after)
         return explain_response(decision, response.SerializeToString(), self._retry_after)
 

@@ -1,43 +1,71 @@
-"""One structured (JSON) audit line per decision. Never a credential: no headers, no query string."""
+"""One structured (JSON) audit line per decision. Never a credential: no headers, no query string.
+
+By default lines go to the ``gerrit_authz.audit`` logger (so tests and embedding code can route them). ``gerrit-authz
+serve`` writes them straight to a buffered stderr instead (:func:`stderr_audit_log`): at thousands of decisions a
+second the logging machinery and a flush per line cost more than the decision itself.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
+from collections.abc import Callable
+from typing import TextIO
 
 from ._engine import Decision
 from ._input import CheckInput
 from .errors import status_for
 
-__all__ = ["AUDIT_LOGGER", "audit"]
+__all__ = ["AUDIT_LOGGER", "AuditLog", "stderr_audit_log"]
 
 AUDIT_LOGGER = logging.getLogger("gerrit_authz.audit")
 _ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps would build one per call for these separators
 
 
-def audit(decision: Decision, inp: CheckInput | None, *, elapsed_ms: float, via: str = "check") -> None:
-    if not AUDIT_LOGGER.isEnabledFor(logging.INFO):
-        return
+def audit_line(decision: Decision, inp: CheckInput | None, *, elapsed_ms: float, via: str) -> str:
     identity = decision.identity
     principal = identity.principal
     account = identity.account
-    record = {
-        "decision_id": decision.decision_id,
-        "allowed": decision.allowed,
-        "http_status": status_for(decision.error).http,
-        "code": decision.error.code if decision.error else "",
-        "reason": decision.reason,
-        "rule": decision.rule,
-        "identity_source": principal.source if principal else "",
-        "subject": principal.subject if principal else "",
-        "account_id": account.id if account else None,
-        "username": account.username if account else "",
-        "method": inp.method if inp else "",
-        "host": inp.host if inp else "",
-        "path": inp.path if inp else "",
-        "source_address": inp.source_address if inp else "",
-        "request_id": inp.request_id if inp else "",
-        "elapsed_ms": round(elapsed_ms, 3),
-        "via": via,
-    }
-    AUDIT_LOGGER.info(_ENCODER.encode(record))
+    return _ENCODER.encode(
+        {
+            "decision_id": decision.decision_id,
+            "allowed": decision.allowed,
+            "http_status": status_for(decision.error).http,
+            "code": decision.error.code if decision.error else "",
+            "reason": decision.reason,
+            "rule": decision.rule,
+            "identity_source": principal.source if principal else "",
+            "subject": principal.subject if principal else "",
+            "account_id": account.id if account else None,
+            "username": account.username if account else "",
+            "method": inp.method if inp else "",
+            "host": inp.host if inp else "",
+            "path": inp.path if inp else "",
+            "source_address": inp.source_address if inp else "",
+            "request_id": inp.request_id if inp else "",
+            "elapsed_ms": round(elapsed_ms, 3),
+            "via": via,
+        }
+    )
+
+
+class AuditLog:
+    """Writes one audit line per decision: to ``write`` (a line sink) if given, else to :data:`AUDIT_LOGGER`."""
+
+    def __init__(self, write: Callable[[str], object] | None = None, flush: Callable[[], object] | None = None) -> None:
+        self._write = write
+        self.flush: Callable[[], object] = flush or (lambda: None)
+
+    def __call__(self, decision: Decision, inp: CheckInput | None, *, elapsed_ms: float, via: str = "check") -> None:
+        if self._write is not None:
+            self._write(audit_line(decision, inp, elapsed_ms=elapsed_ms, via=via) + "\n")
+        elif AUDIT_LOGGER.isEnabledFor(logging.INFO):
+            AUDIT_LOGGER.info(audit_line(decision, inp, elapsed_ms=elapsed_ms, via=via))
+
+
+def stderr_audit_log(stream: TextIO | None = None) -> AuditLog:
+    """Lines to a 64 KiB-buffered writer on stderr's file descriptor; the server flushes it a few times a second."""
+    fd = (stream or sys.stderr).fileno()
+    out = open(fd, "w", buffering=1 << 16, closefd=False, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+    return AuditLog(out.write, out.flush)

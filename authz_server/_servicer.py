@@ -10,7 +10,7 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
-from ._audit import audit
+from ._audit import AuditLog
 from ._deadline import Deadline
 from ._engine import Authorizer, Decision, new_decision_id
 from ._input import CheckInput, parse_check_request
@@ -43,8 +43,11 @@ async def run_check(
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
     """Envoy's ext_authz v3 Check. A deny is an answer (status in the response), not an RPC error."""
 
-    def __init__(self, authorizer: Authorizer, *, check_timeout: float, retry_after: int) -> None:
+    def __init__(
+        self, authorizer: Authorizer, *, check_timeout: float, retry_after: int, audit: AuditLog | None = None
+    ) -> None:
         self._authorizer = authorizer
+        self._audit = audit or AuditLog()
         self._check_timeout = check_timeout
         self._retry_after = retry_after
 
@@ -55,5 +58,5 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         deadline = Deadline.after(self._check_timeout if remaining is None else max(remaining - 0.005, 0.0))
         decision, inp = await run_check(self._authorizer, request, deadline)
         response = to_check_response(decision, inp, retry_after=self._retry_after)
-        audit(decision, inp, elapsed_ms=(time.perf_counter() - start) * 1000)
+        self._audit(decision, inp, elapsed_ms=(time.perf_counter() - start) * 1000)
         return response

@@ -22,9 +22,13 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Records need no caller, thread or process lookups (the logging HOWTO's "Optimization" section).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    # Without `serve` (which writes audit lines to stderr itself), the audit logger prints bare JSON lines.
     audit = logging.getLogger("gerrit_authz.audit")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))  # the line is JSON already
+    handler.setFormatter(logging.Formatter("%(message)s"))
     audit.addHandler(handler)
     audit.propagate = False
     audit.setLevel(logging.INFO)

@@ -190,17 +190,19 @@ async def serve_authz(
     port: int, *, delay: float, fill: int, long_ttl: bool, audit: bool = True, profile: str | None = None
 ) -> None:
     from authz_server._app import build_components
-    from authz_server._server import build_server
+    from authz_server._audit import AuditLog, stderr_audit_log
+    from authz_server._server import build_server, tune_gc
     from authz_server.cli import _setup_logging
 
-    _setup_logging("info")  # as `gerrit-authz serve`: JSON audit lines on stderr
-    if not audit:  # diagnosis only: what the audit line costs
-        logging.getLogger("gerrit_authz.audit").setLevel(logging.WARNING)
+    _setup_logging("info")
+    # As `gerrit-authz serve`: JSON audit lines to a buffered stderr (or, for diagnosis only, nowhere).
+    audit_log = stderr_audit_log() if audit else AuditLog(lambda line: None)
     key, jwk = _signing_key()
     config = bench_config(port, long_ttl=long_ttl)
     double = gerrit_double.GerritDouble(delay=0.0, jwk=jwk)
     components = build_components(config, transport=double.transport())
-    app = build_server(config, components)
+    app = build_server(config, components, audit=audit_log)
+    tune_gc()  # as `gerrit-authz serve` does at start, before the cache fills
     info: dict[str, Any] = {"pid": os.getpid()}
     gc.collect()
     info["rss_kb_before_fill"] = rss_kb()
