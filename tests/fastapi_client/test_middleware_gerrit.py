@@ -227,23 +227,36 @@ def outcome(resp: CheckResponse) -> tuple[int, str, int]:
 
 
 def envoy_cases(org: Any) -> list[CheckRequest]:
-    """Envoy-shaped requests: the recorded one when another test run captured it from Envoy, else our builder's."""
-    if ENVOY_RECORDING.exists():
-        recorded = json_format.Parse(ENVOY_RECORDING.read_text(), CheckRequest(), ignore_unknown_fields=True)
-        assert recorded.attributes.request.http.method, f"{ENVOY_RECORDING} holds no attributes.request.http"
-        return [recorded]
+    """Envoy-shaped requests: the one recorded from the real Envoy (as recorded, and with real users' credentials
+    and paths swapped in so that allow and 403 are compared too), and our builder's."""
+    recorded = json_format.Parse(ENVOY_RECORDING.read_text(), CheckRequest(), ignore_unknown_fields=True)
+    assert recorded.attributes.request.http.method, f"{ENVOY_RECORDING} holds no attributes.request.http"
+    cases = [recorded]
+    for user, path in ((org.bob, ARTIFACT + "?x=1"), (org.carol, SECRET_ARTIFACT)):
+        variant = CheckRequest()
+        variant.CopyFrom(recorded)
+        http = variant.attributes.request.http
+        http.headers["authorization"] = as_user(user)["authorization"]
+        http.path = http.headers[":path"] = path
+        cases.append(variant)
     accept, host = {"accept": "application/json", "user-agent": "curl/8.5.0"}, "svc.example"
     return [
+        *cases,
         check_request("GET", ARTIFACT, {**accept, **as_user(org.bob)}, host=host),
         check_request("GET", SECRET_ARTIFACT, {**accept, **as_user(org.carol)}, host=host),
         check_request("GET", "/me?verbose=1", accept, host=host),
         check_request(
-            "POST", f"/deploy/{org.change_merged.number}", {**accept, **as_user(org.alice)}, host="svc.example"
+            # httpx sends an empty POST with content-length: 0, and Envoy passes it on.
+            "POST",
+            f"/deploy/{org.change_merged.number}",
+            {**accept, **as_user(org.alice), "content-length": "0"},
+            host="svc.example",
         ),
     ]
 
 
 async def test_same_decision_as_an_envoy_shaped_check_request(authz: AuthzServer, gerrit: Any) -> None:
+    decisions: list[tuple[int, str, int]] = []
     for envoy_request in envoy_cases(gerrit.org):
         http = envoy_request.attributes.request.http
         client_headers = {k: v for k, v in http.headers.items() if not k.startswith(":") and k not in HOP_BY_HOP}
@@ -256,3 +269,6 @@ async def test_same_decision_as_an_envoy_shaped_check_request(authz: AuthzServer
             theirs_decision = outcome(await stub.Check(envoy_request, timeout=10))
             ours_decision = outcome(await stub.Check(ours, timeout=10))
         assert ours_decision == theirs_decision, http.path
+        decisions.append(ours_decision)
+    # The cases really differ: an allow, a 401 (the recorded fake user) and a 403 are among them.
+    assert {d[2] for d in decisions} >= {200, 401, 403}
