@@ -22,6 +22,8 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # One INFO line per Gerrit request would drown the audit lines (and costs time on cold paths).
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     # Records need no caller, thread or process lookups (the logging HOWTO's "Optimization" section).
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
