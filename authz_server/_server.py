@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from ._admin import AdminServicer
 from ._app import Components, build_components
 from ._audit import AuditLog, stderr_audit_log
+from ._metrics import Metrics
 from ._servicer import AuthorizationServicer
 from .config import Config
 
@@ -41,8 +42,10 @@ class AuthzServer:
     server: grpc.aio.Server
     admin: grpc.aio.Server | None
     health: health_aio.HealthServicer
+    metrics: Metrics | None = None
     address: str = ""
     admin_address: str = ""
+    metrics_address: str = ""
     _ports: tuple[str, str | None] = field(default=("", None))
 
     async def start(self) -> None:
@@ -57,6 +60,9 @@ class AuthzServer:
                 raise OSError(f"cannot bind {admin_listen}")
             self.admin_address = f"{admin_listen.rpartition(':')[0]}:{admin_port}"
             await self.admin.start()
+        metrics_listen = self.components.config.server.metrics_listen
+        if self.metrics is not None and metrics_listen is not None:
+            self.metrics_address = f"{metrics_listen.rpartition(':')[0]}:{self.metrics.serve(metrics_listen)}"
         await self.server.start()
         for service in ("", AUTHZ_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -69,6 +75,8 @@ class AuthzServer:
         if self.admin is not None:
             stops.append(self.admin.stop(grace))
         await asyncio.gather(*stops)
+        if self.metrics is not None:
+            self.metrics.close()
         await self.components.aclose()
 
 
@@ -76,12 +84,17 @@ def build_server(config: Config, components: Components | None = None, *, audit:
     """Build (not start) the servers for ``config``. Audit lines go to ``audit`` (default: the audit logger)."""
     components = components or build_components(config)
     audit = audit or AuditLog()
+    metrics = Metrics() if config.server.metrics_listen else None
     cfg = config.server
     retry_after = max(1, round(cfg.retry_after))
     server = grpc.aio.server(options=_OPTIONS)
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
         AuthorizationServicer(
-            components.authorizer, check_timeout=cfg.check_timeout, retry_after=retry_after, audit=audit
+            components.authorizer,
+            check_timeout=cfg.check_timeout,
+            retry_after=retry_after,
+            audit=audit,
+            metrics=metrics,
         ),
         server,
     )
@@ -111,7 +124,7 @@ def build_server(config: Config, components: Components | None = None, *, audit:
         )
         if cfg.reflection:
             reflection.enable_server_reflection((ADMIN_SERVICE, reflection.SERVICE_NAME), admin)
-    return AuthzServer(components, server, admin, health, _ports=(cfg.listen, cfg.admin_listen))
+    return AuthzServer(components, server, admin, health, metrics, _ports=(cfg.listen, cfg.admin_listen))
 
 
 def tune_gc() -> None:
@@ -135,6 +148,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     print(f"gerrit-authz: ext_authz gRPC listening on {app.address}", flush=True)
     if app.admin_address:
         print(f"gerrit-authz: admin gRPC listening on {app.admin_address}", flush=True)
+    if app.metrics_address:
+        print(f"gerrit-authz: metrics on http://{app.metrics_address}/metrics", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

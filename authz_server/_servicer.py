@@ -14,6 +14,7 @@ from ._audit import AuditLog
 from ._deadline import Deadline
 from ._engine import Authorizer, Decision, new_decision_id
 from ._input import CheckInput, parse_check_request
+from ._metrics import Metrics
 from ._response import to_check_response
 from .errors import AuthzError, Unavailable
 
@@ -44,10 +45,17 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
     """Envoy's ext_authz v3 Check. A deny is an answer (status in the response), not an RPC error."""
 
     def __init__(
-        self, authorizer: Authorizer, *, check_timeout: float, retry_after: int, audit: AuditLog | None = None
+        self,
+        authorizer: Authorizer,
+        *,
+        check_timeout: float,
+        retry_after: int,
+        audit: AuditLog | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._authorizer = authorizer
         self._audit = audit or AuditLog()
+        self._metrics = metrics
         self._check_timeout = check_timeout
         self._retry_after = retry_after
 
@@ -58,5 +66,8 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         deadline = Deadline.after(self._check_timeout if remaining is None else max(remaining - 0.005, 0.0))
         decision, inp = await run_check(self._authorizer, request, deadline)
         response = to_check_response(decision, inp, retry_after=self._retry_after)
-        self._audit(decision, inp, elapsed_ms=(time.perf_counter() - start) * 1000)
+        elapsed = time.perf_counter() - start
+        self._audit(decision, inp, elapsed_ms=elapsed * 1000)
+        if self._metrics is not None:
+            self._metrics.observe(decision, elapsed)
         return response

@@ -79,6 +79,7 @@ Address = Annotated[str, BeforeValidator(lambda v: _address(str(v)))]
 class ServerConfig(_Model):
     listen: Address = "127.0.0.1:9001"
     admin_listen: Address | None = "127.0.0.1:9002"
+    metrics_listen: Address | None = None  # Prometheus /metrics over HTTP; off unless set
     reflection: bool = True
     check_timeout: Duration = 1.0
     shutdown_grace: Duration = 5.0
