@@ -12,11 +12,17 @@ CPU time per request of the app process and of gerrit-authz is reported too (fro
 machine the three processes and wrk share the CPUs: ``middleware_cpu_us_per_request`` is what the middleware adds
 to the app process, and ``app_cpu_bound_ratio`` the ratio an app would see on its own core with gerrit-authz
 elsewhere.
+
+For reference, ``grpc_client_loop`` is a bare grpc.aio client (a subprocess: the middleware's channel options and
+the CheckRequest it sends for this path, no ASGI, no app) making the same Check from as many concurrent tasks as wrk
+has connections: the client CPU per Check that any grpc.aio caller pays, whatever the middleware does around it.
+``middleware_cpu_beyond_grpc_us`` is the middleware's cost above that floor.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import os
@@ -250,12 +256,72 @@ def measure(factory: str, target: str, authz_pid: int, auth: str, args: argparse
         return result
 
 
+# -- the bare grpc.aio client reference ---------------------------------------------------------------------------
+
+
+async def _grpc_client_loop(target: str, auth: str, concurrency: int, calls: int) -> dict[str, Any]:
+    """Run in the ``--grpc-client-loop`` subprocess: only grpc.aio calls, timed with this process's CPU time."""
+    from fastapi_client._channel import ChannelPool
+    from fastapi_client._request import check_request_from_scope
+
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": unquote(PATH),
+        "raw_path": PATH.encode(),
+        "query_string": b"",
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+        "headers": [(b"host", b"127.0.0.1:8000"), (b"authorization", auth.encode())],
+    }
+    request = check_request_from_scope(scope)[0]
+    pool = ChannelPool(target)
+    check = pool.check()
+
+    async def worker(n: int) -> None:
+        for _ in range(n):
+            response = await check(request, timeout=1.0)
+            assert response.status.code == 0, response
+
+    async def run(n: int) -> None:
+        await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
+
+    await run(max(calls // 10, concurrency))  # warm-up
+    cpu, wall = time.process_time(), time.perf_counter()
+    await run(calls)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    await pool.close()
+    done = calls // concurrency * concurrency
+    return {"checks": done, "checks_per_s": round(done / wall), "client_cpu_us_per_check": round(cpu / done * 1e6)}
+
+
+def grpc_client_loop(target: str, authz_pid: int, auth: str, concurrency: int, calls: int = 20000) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--grpc-client-loop", target, "--connections", str(concurrency)]
+    cmd += ["--calls", str(calls)]
+    authz_cpu = cpu_seconds(authz_pid)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "BENCH_AUTH": auth}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO, env=env).stdout
+    result: dict[str, Any] = json.loads(out)
+    result["authz_cpu_us_per_check"] = round((cpu_seconds(authz_pid) - authz_cpu) / result["checks"] * 1e6)
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", default="10s", help="wrk -d (default 10s)")
     parser.add_argument("--connections", type=int, default=16, help="wrk -c (default 16)")
     parser.add_argument("--threads", type=int, default=1, help="wrk -t (default 1: leave CPU to the servers)")
+    parser.add_argument("--grpc-client-loop", metavar="TARGET", help=argparse.SUPPRESS)  # the reference subprocess
+    parser.add_argument("--calls", type=int, default=20000, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.grpc_client_loop:
+        loop_result = asyncio.run(
+            _grpc_client_loop(args.grpc_client_loop, os.environ["BENCH_AUTH"], args.connections, args.calls)
+        )
+        print(json.dumps(loop_result))
+        return 0
     if shutil.which("wrk") is None:
         print("wrk is not installed (Debian package 'wrk')", file=sys.stderr)
         return 2
@@ -267,7 +333,9 @@ def main() -> int:
     ):
         bare = measure("bench.fastapi_overhead:bare_app", target, authz_pid, auth, args)
         protected = measure("bench.fastapi_overhead:protected_app", target, authz_pid, auth, args)
+        client_loop = grpc_client_loop(target, authz_pid, auth, args.connections)
     ratio = protected["requests_per_s"] / bare["requests_per_s"]
+    middleware_cpu = protected["app_cpu_us_per_request"] - bare["app_cpu_us_per_request"]
     result = {
         "benchmark": "fastapi_client.AuthzMiddleware overhead",
         "path": PATH,
@@ -278,7 +346,9 @@ def main() -> int:
         "protected": protected,
         # The middleware's own cost in the app process (gRPC client, CheckRequest, header edits), and the ratio
         # the app would reach if it were CPU-bound on its own core with gerrit-authz running elsewhere.
-        "middleware_cpu_us_per_request": protected["app_cpu_us_per_request"] - bare["app_cpu_us_per_request"],
+        "middleware_cpu_us_per_request": middleware_cpu,
+        "grpc_client_loop": client_loop,
+        "middleware_cpu_beyond_grpc_us": middleware_cpu - client_loop["client_cpu_us_per_check"],
         "app_cpu_bound_ratio": round(bare["app_cpu_us_per_request"] / max(protected["app_cpu_us_per_request"], 1), 3),
         "load_average_1m": round(os.getloadavg()[0], 2),
         "ratio": round(ratio, 3),
