@@ -71,16 +71,17 @@ _KIND = {
 }
 
 
-def _target(req: Requirement, captures: Mapping[str, str]) -> str:
+def _values(req: Requirement, captures: Mapping[str, str]) -> tuple[str, ...]:
+    """A leaf's values with the path's captures filled in (once per evaluation)."""
     if isinstance(req, Group):
-        return fill(req.group, captures)
+        return (fill(req.group, captures),)
     if isinstance(req, Capability):
-        return fill(req.capability, captures)
+        return (fill(req.capability, captures),)
     if isinstance(req, Permission):
-        return " ".join(fill(v, captures) for v in (req.project, req.ref, req.perm))
+        return tuple(fill(v, captures) for v in (req.project, req.ref, req.perm))
     if isinstance(req, Change):
-        return fill(req.id, captures)
-    return ""
+        return (fill(req.id, captures),)
+    return ()
 
 
 async def evaluate(req: Requirement, ctx: Context, depth: int = 0) -> tuple[Result, list[TraceEntry]]:
@@ -97,8 +98,9 @@ async def evaluate(req: Requirement, ctx: Context, depth: int = 0) -> tuple[Resu
         for _, sub in outcomes:
             trace.extend(sub)
         return result, trace
-    target = _target(req, ctx.captures)
-    result, source, detail = await _leaf(req, target, ctx)
+    values = _values(req, ctx.captures)
+    target = " ".join(values)
+    result, source, detail = await _leaf(req, values, ctx)
     return result, [TraceEntry(kind, target, _word(result), source, detail or result.reason, depth)]
 
 
@@ -132,12 +134,13 @@ def _name(identity: Identity) -> str:
     )
 
 
-async def _leaf(req: Requirement, target: str, ctx: Context) -> tuple[Result, str, str]:
+async def _leaf(req: Requirement, values: tuple[str, ...], ctx: Context) -> tuple[Result, str, str]:
     if isinstance(req, Anyone):
         return Result(True), "", ""
     identity = ctx.identity
     if identity.error is not None:
         return Result(None, identity.error, reason=identity.error.reason), "", identity.error.detail
+    target = " ".join(values)
     label = f"{_KIND[type(req)]} {target!r}" if target else _KIND[type(req)]
     if identity.principal is None:
         return Result(False, reason=f"{label}: no credential", login_helps=True), "", ""
@@ -147,25 +150,27 @@ async def _leaf(req: Requirement, target: str, ctx: Context) -> tuple[Result, st
     if account is None:
         return Result(False, reason=f"{label}: {_name(identity)} has no Gerrit account"), "", ""
     try:
-        return await _gerrit_leaf(req, target, account, label, ctx)
+        return await _gerrit_leaf(req, values, account, label, ctx)
     except AuthzError as exc:
         return Result(None, exc, reason=f"{label}: {exc.reason}"), "", exc.detail
 
 
 async def _gerrit_leaf(
-    req: Requirement, target: str, account: Account, label: str, ctx: Context
+    req: Requirement, values: tuple[str, ...], account: Account, label: str, ctx: Context
 ) -> tuple[Result, str, str]:
     facts, deadline, who = ctx.facts, ctx.deadline, account.username or str(account.id)
     if isinstance(req, Group):
         groups = await facts.groups(account.id, deadline)
-        ok = any(target in (g.id, g.name) for g in groups.value)
+        (name,) = values
+        ok = any(name in (g.id, g.name) for g in groups.value)
         return _leaf_result(ok, f"{label}: {who} is not a member"), groups.source, groups.detail
     if isinstance(req, Capability):
         caps = await facts.capabilities(account.id, deadline)
-        ok = target in caps.value
+        (capability,) = values
+        ok = capability in caps.value
         return _leaf_result(ok, f"{label}: {who} lacks the capability"), caps.source, caps.detail
     if isinstance(req, Permission):
-        project, ref, perm = (fill(v, ctx.captures) for v in (req.project, req.ref, req.perm))
+        project, ref, perm = values
         access = await facts.check_access(project, account.id, ref, perm, deadline)
         reason = f"permission {perm!r} on {project!r} {ref!r}: denied for {who}"
         return (
@@ -174,7 +179,8 @@ async def _gerrit_leaf(
             access.value.message or access.detail,
         )
     assert isinstance(req, Change)
-    change = await facts.change(target, deadline)
+    (change_id,) = values
+    change = await facts.change(change_id, deadline)
     info = change.value
     if info is None:
         return Result(False, reason=f"{label}: no such change"), change.source, change.detail
