@@ -21,7 +21,6 @@ import copy
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -43,6 +42,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from _support.proc import stop_process
 
 __all__ = [
     "ENVOY_ADDED_HEADERS",
@@ -237,14 +238,7 @@ class EnvoyProcess:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, wait, then SIGKILL."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc, timeout)
 
     def log_tail(self, lines: int = 40) -> str:
         texts = []

@@ -19,7 +19,6 @@ import ctypes
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from _support.proc import free_port, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FETCH_SCRIPT = REPO_ROOT / "scripts" / "fetch_gerrit.sh"
@@ -54,12 +55,6 @@ def _on_linux_main_thread() -> bool:
 
 class GerritError(RuntimeError):
     """Gerrit could not be fetched, initialised or started."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def find_java() -> str:
@@ -147,14 +142,7 @@ class GerritServer:
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the daemon, wait, then SIGKILL if it does not exit. The site is kept."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, timeout)
 
     def close(self) -> None:
         """Stop and remove the temporary site (unless GERRIT_AUTHZ_KEEP_SITE=1)."""

@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,12 +28,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
 
+from _support.proc import free_port, stop_process
+
 __all__ = [
     "JwksServer",
     "OidcProviderMock",
     "SigningKey",
     "b64url",
-    "free_port",
     "hs256_with_public_key",
     "make_claims",
     "unsigned_token",
@@ -45,12 +45,6 @@ _EC_CURVES: dict[str, Callable[[], ec.EllipticCurve]] = {
     "ES384": ec.SECP384R1,
     "ES512": ec.SECP521R1,
 }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def b64url(data: bytes) -> str:
@@ -267,13 +261,7 @@ class OidcProviderMock:
         return False
 
     def close(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(5)
+        stop_process(self._proc)
         self._proc = None
 
     def __enter__(self) -> OidcProviderMock:

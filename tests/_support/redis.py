@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["RedisError", "RedisServer", "free_port", "redis_binary"]
+from _support.proc import free_port, stop_process
+
+__all__ = ["RedisError", "RedisServer", "redis_binary"]
 
 START_TIMEOUT_S = 10.0
 
@@ -39,12 +41,6 @@ def redis_binary() -> str | None:
     if found:
         return found
     return "/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK) else None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _ping(port: int, timeout: float = 0.5) -> bool:
@@ -141,12 +137,7 @@ class RedisServer:
             os.kill(proc.pid, signal.SIGCONT)  # a paused server would never act on SIGTERM
         except ProcessLookupError:
             return
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
 
     def stop(self) -> None:
         self._terminate()

@@ -526,7 +526,7 @@ async def test_frozen_redis_is_bounded_by_the_op_timeout(own_redis: RedisServer,
 
 
 async def test_unreachable_redis_from_the_start(make_store: MakeStore) -> None:
-    from _support.redis import free_port
+    from _support.proc import free_port
 
     store = make_store(url=f"redis://127.0.0.1:{free_port()}/0")
     cache, inner = replica(store)
