@@ -94,8 +94,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
             check_request = check_request_from_explain(request)
         except DecodeError:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "check_request is not a serialized CheckRequest")
-        remaining = context.time_remaining()
-        deadline = Deadline.after(self._check_timeout if remaining is None else remaining)
+        deadline = Deadline.for_call(context.time_remaining(), self._check_timeout)
         decision, inp = await run_check(self._authorizer, check_request, deadline)
         self._audit(decision, inp, elapsed_ms=(time.perf_counter() - start) * 1000, via="explain")
         response = to_check_response(decision, inp, retry_after=self._retry_after)

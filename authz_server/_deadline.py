@@ -18,6 +18,12 @@ class Deadline:
     def after(cls, seconds: float) -> Deadline:
         return cls(time.monotonic() + seconds)
 
+    @classmethod
+    def for_call(cls, time_remaining: float | None, default: float) -> Deadline:
+        """The budget of one gRPC call: the caller's deadline less a few ms for the answer to travel back, or
+        ``default`` when the caller set none (``context.time_remaining()`` is None)."""
+        return cls.after(default if time_remaining is None else max(time_remaining - 0.005, 0.0))
+
     def remaining(self) -> float:
         return self.at - time.monotonic()
 

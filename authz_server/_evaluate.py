@@ -100,7 +100,7 @@ async def evaluate(req: Requirement, ctx: Context, depth: int = 0) -> tuple[Resu
         return result, trace
     values = _values(req, ctx.captures)
     target = " ".join(values)
-    result, source, detail = await _leaf(req, values, ctx)
+    result, source, detail = await _leaf(req, values, target, ctx)
     return result, [TraceEntry(kind, target, _word(result), source, detail or result.reason, depth)]
 
 
@@ -134,13 +134,12 @@ def _name(identity: Identity) -> str:
     )
 
 
-async def _leaf(req: Requirement, values: tuple[str, ...], ctx: Context) -> tuple[Result, str, str]:
+async def _leaf(req: Requirement, values: tuple[str, ...], target: str, ctx: Context) -> tuple[Result, str, str]:
     if isinstance(req, Anyone):
         return Result(True), "", ""
     identity = ctx.identity
     if identity.error is not None:
         return Result(None, identity.error, reason=identity.error.reason), "", identity.error.detail
-    target = " ".join(values)
     label = f"{_KIND[type(req)]} {target!r}" if target else _KIND[type(req)]
     if identity.principal is None:
         return Result(False, reason=f"{label}: no credential", login_helps=True), "", ""

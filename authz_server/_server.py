@@ -10,7 +10,7 @@ import asyncio
 import gc
 import logging
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
@@ -34,6 +34,18 @@ ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 _OPTIONS = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)]
 
 
+def _host(listen: str) -> str:
+    return listen.rpartition(":")[0]
+
+
+def _bind(server: grpc.aio.Server, listen: str) -> str:
+    """Bind ``HOST:PORT`` (port 0 picks one); returns the bound address."""
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot bind {listen}")
+    return f"{_host(listen)}:{port}"
+
+
 @dataclass
 class AuthzServer:
     """Both servers and what they serve; ``address``/``admin_address`` are known after :meth:`start`."""
@@ -46,23 +58,15 @@ class AuthzServer:
     address: str = ""
     admin_address: str = ""
     metrics_address: str = ""
-    _ports: tuple[str, str | None] = field(default=("", None))
 
     async def start(self) -> None:
-        listen, admin_listen = self._ports
-        port = self.server.add_insecure_port(listen)
-        if port == 0:
-            raise OSError(f"cannot bind {listen}")
-        self.address = f"{listen.rpartition(':')[0]}:{port}"
-        if self.admin is not None and admin_listen is not None:
-            admin_port = self.admin.add_insecure_port(admin_listen)
-            if admin_port == 0:
-                raise OSError(f"cannot bind {admin_listen}")
-            self.admin_address = f"{admin_listen.rpartition(':')[0]}:{admin_port}"
+        cfg = self.components.config.server
+        self.address = _bind(self.server, cfg.listen)
+        if self.admin is not None and cfg.admin_listen is not None:
+            self.admin_address = _bind(self.admin, cfg.admin_listen)
             await self.admin.start()
-        metrics_listen = self.components.config.server.metrics_listen
-        if self.metrics is not None and metrics_listen is not None:
-            self.metrics_address = f"{metrics_listen.rpartition(':')[0]}:{self.metrics.serve(metrics_listen)}"
+        if self.metrics is not None and cfg.metrics_listen is not None:
+            self.metrics_address = f"{_host(cfg.metrics_listen)}:{self.metrics.serve(cfg.metrics_listen)}"
         await self.server.start()
         for service in ("", AUTHZ_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -124,7 +128,7 @@ def build_server(config: Config, components: Components | None = None, *, audit:
         )
         if cfg.reflection:
             reflection.enable_server_reflection((ADMIN_SERVICE, reflection.SERVICE_NAME), admin)
-    return AuthzServer(components, server, admin, health, metrics, _ports=(cfg.listen, cfg.admin_listen))
+    return AuthzServer(components, server, admin, health, metrics)
 
 
 def tune_gc() -> None:

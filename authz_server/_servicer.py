@@ -61,9 +61,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
 
     async def Check(self, request: CheckRequest, context: grpc.aio.ServicerContext[Any, Any]) -> CheckResponse:
         start = time.perf_counter()
-        remaining = context.time_remaining()
-        # Keep a few ms of the caller's deadline for the answer itself to travel back.
-        deadline = Deadline.after(self._check_timeout if remaining is None else max(remaining - 0.005, 0.0))
+        deadline = Deadline.for_call(context.time_remaining(), self._check_timeout)
         decision, inp = await run_check(self._authorizer, request, deadline)
         response = to_check_response(decision, inp, retry_after=self._retry_after)
         elapsed = time.perf_counter() - start
