@@ -19,11 +19,11 @@ from google.rpc.status_pb2 import Status as RpcStatus
 
 from ._engine import Decision
 from ._input import CheckInput
+from .checkrequest import IDENTITY_HEADER_PREFIXES
 from .errors import Unauthenticated, status_for
 
 __all__ = ["allowed_headers", "denied_body", "denied_headers", "to_check_response"]
 
-_PROTECTED = ("x-gerrit-", "x-authz-")
 _OVERWRITE = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
 
 
@@ -85,7 +85,9 @@ def to_check_response(decision: Decision, inp: CheckInput | None, *, retry_after
     status = status_for(decision.error)
     if decision.error is None:
         headers = allowed_headers(decision)
-        remove = [h for h in (inp.headers if inp else ()) if h.startswith(_PROTECTED) and h not in headers]
+        remove = [
+            h for h in (inp.headers if inp else ()) if h.startswith(IDENTITY_HEADER_PREFIXES) and h not in headers
+        ]
         account = decision.identity.account
         metadata = Struct()
         fields = metadata.fields  # set directly: Struct.update() type-dispatches every value (hot path)

@@ -12,7 +12,11 @@ from envoy.config.core.v3.address_pb2 import Address, SocketAddress
 from envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 
-__all__ = ["build_check_request", "join_headers"]
+__all__ = ["IDENTITY_HEADER_PREFIXES", "build_check_request", "join_headers"]
+
+#: Request headers only gerrit-authz may set on the way upstream: client-sent ones are overwritten or removed,
+#: by the Check's answer behind Envoy and by the FastAPI middleware without it.
+IDENTITY_HEADER_PREFIXES = ("x-gerrit-", "x-authz-")
 
 
 def join_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:

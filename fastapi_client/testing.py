@@ -57,6 +57,9 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse,
 from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.rpc.status_pb2 import Status as RpcStatus
 
+from authz_server.checkrequest import IDENTITY_HEADER_PREFIXES
+from authz_server.errors import STATUS, AuthzError
+
 from ._identity import AuthzIdentity
 
 __all__ = ["FakeAuthorizer", "Handler", "allow_response", "deny_response"]
@@ -65,10 +68,8 @@ __all__ = ["FakeAuthorizer", "Handler", "allow_response", "deny_response"]
 Handler = Callable[[CheckRequest], "CheckResponse | Awaitable[CheckResponse]"]
 
 _OVERWRITE = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
-_PROTECTED = ("x-gerrit-", "x-authz-")
-_GRPC_FOR_HTTP = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED}
-_GRPC_FOR_HTTP |= {403: grpc.StatusCode.PERMISSION_DENIED, 503: grpc.StatusCode.UNAVAILABLE}
-_ERROR_FOR_HTTP = {400: "bad_request", 401: "unauthenticated", 403: "permission_denied", 503: "unavailable"}
+# gerrit-authz's own status table, read backwards: HTTP status -> gRPC code and error family.
+_DENIALS = {s.http: (s.grpc, family) for family, s in STATUS.items() if family not in ("ok", AuthzError.family)}
 
 
 def _options(headers: Mapping[str, str]) -> list[HeaderValueOption]:
@@ -93,7 +94,7 @@ def allow_response(
         set_headers["x-gerrit-email"] = identity.email
     set_headers.update(headers or {})
     sent = request.attributes.request.http.headers if request is not None else {}
-    remove = [h for h in sent if h.startswith(_PROTECTED) and h not in set_headers]
+    remove = [h for h in sent if h.startswith(IDENTITY_HEADER_PREFIXES) and h not in set_headers]
     return CheckResponse(
         status=RpcStatus(code=grpc.StatusCode.OK.value[0]),
         ok_response=OkHttpResponse(
@@ -108,10 +109,10 @@ def deny_response(
     status: int = 403, body: str | bytes | Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None
 ) -> CheckResponse:
     """A denial: ``body`` as given (a mapping becomes JSON), or gerrit-authz's JSON error shape by default."""
+    code, family = _DENIALS.get(status, (grpc.StatusCode.PERMISSION_DENIED, "denied"))
     all_headers = {"content-type": "application/json"}
     if body is None:
-        body = {"error": _ERROR_FOR_HTTP.get(status, "denied"), "reason": "denied by FakeAuthorizer", "rule": ""}
-        body["decision_id"] = uuid.uuid4().hex
+        body = {"error": family, "reason": "denied by FakeAuthorizer", "rule": "", "decision_id": uuid.uuid4().hex}
     if status == 401:
         all_headers["www-authenticate"] = 'Bearer realm="gerrit-authz"'
     elif status == 503:
@@ -123,7 +124,6 @@ def deny_response(
         if headers is None or "content-type" not in {k.lower() for k in headers}:
             all_headers["content-type"] = "text/plain; charset=utf-8"
     all_headers.update({k.lower(): v for k, v in (headers or {}).items()})
-    code = _GRPC_FOR_HTTP.get(status, grpc.StatusCode.PERMISSION_DENIED)
     return CheckResponse(
         status=RpcStatus(code=code.value[0], message=code.name.lower()),
         denied_response=DeniedHttpResponse(status=HttpStatus(code=status), headers=_options(all_headers), body=text),
