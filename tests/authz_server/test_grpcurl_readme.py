@@ -62,7 +62,7 @@ async def test_every_readme_grpcurl_command_works(authz: AuthzServer, gerrit: An
         key = command.split()[-1] if "-d" in command else " ".join(command.split()[2:4])
         outputs[key] = await run(command, authz, gerrit)
 
-    listed = outputs[f"{authz.address.replace(authz.address, '127.0.0.1:9001')} list"]
+    listed = outputs["127.0.0.1:9001 list"]
     assert "envoy.service.auth.v3.Authorization" in listed and "grpc.health.v1.Health" in listed
     assert "rpc Check" in outputs["127.0.0.1:9001 describe"]
     assert json.loads(outputs["grpc.health.v1.Health/Check"])["status"] == "SERVING"
@@ -75,7 +75,8 @@ async def test_every_readme_grpcurl_command_works(authz: AuthzServer, gerrit: An
     assert explain["allowed"] is True and explain["rule"] == "read-artifacts"
     assert explain["identity"]["username"] == "bob"
     (permission,) = [r for r in explain["requirements"] if r["kind"] == "permission"]
-    assert permission == {**permission, "target": "platform/build refs/heads/main read", "result": "satisfied"}
+    assert (permission["target"], permission["result"]) == ("platform/build refs/heads/main read", "satisfied")
     assert permission["source"] in ("gerrit", "cache")
 
-    assert "removed" in json.loads(outputs["gerrit_authz.v1.Admin/Invalidate"])
+    # bob's cached credential check and check.access answer (grpcurl prints int64 as a string)
+    assert int(json.loads(outputs["gerrit_authz.v1.Admin/Invalidate"])["removed"]) >= 2
