@@ -41,7 +41,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from grpc_health.v1.health import aio as health_aio  # noqa: E402
 from grpc_reflection.v1alpha import reflection  # noqa: E402
 
-EXAMPLE_CONFIG = Path(os.environ.get("BENCH_EXAMPLE_CONFIG", REPO.parent / "shared" / "examples" / "config.yaml"))
+EXAMPLE_CONFIG = Path(os.environ.get("BENCH_EXAMPLE_CONFIG", REPO / "examples" / "config.yaml"))
 
 
 def rss_kb(pid: int | str = "self") -> dict[str, int]:

@@ -1,7 +1,7 @@
 """The quickstart's main job: a real Gerrit with a demo organisation, gerrit-authz, Envoy and the example app,
 then a tour of curl calls. Run it through ``scripts/quickstart.sh`` (which installs everything first).
 
-Ports are the ones of ``../shared/examples/config.yaml`` and ``examples/envoy/envoy.yaml``, so the printed commands
+Ports are the ones of ``examples/config.yaml`` and ``examples/envoy/envoy.yaml``, so the printed commands
 can be copied: gerrit-authz 9001 (admin 9002), the OIDC provider 9400, Envoy 10000 (admin 9901) in front of an
 echo upstream on 8000, and the example FastAPI app (with the middleware) on 8001. Gerrit gets a free port.
 The demo users' HTTP passwords are written to a 0600 file and used through environment variables: the tour

@@ -19,11 +19,11 @@ from authz_server.checkrequest import build_check_request, join_headers
 from authz_server.config import Config, parse_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE_CONFIG = REPO_ROOT.parent / "shared" / "examples" / "config.yaml"
+EXAMPLE_CONFIG = REPO_ROOT / "examples" / "config.yaml"
 
 
 def example_config_data() -> dict[str, Any]:
-    """The contract's example configuration, as loaded YAML."""
+    """The repository's example configuration (examples/config.yaml), as loaded YAML."""
     data = yaml.safe_load(EXAMPLE_CONFIG.read_text())
     assert isinstance(data, dict)
     return data

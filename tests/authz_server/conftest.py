@@ -12,12 +12,12 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 
 from authz_server._input import CheckInput
 
-EXAMPLE_CONFIG = Path(__file__).resolve().parents[2].parent / "shared" / "examples" / "config.yaml"
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "config.yaml"
 
 
 @pytest.fixture
 def example_config_path() -> Path:
-    """The contract's example configuration (CI puts ``shared/`` beside the repository)."""
+    """The repository's example configuration, ``examples/config.yaml``."""
     if not EXAMPLE_CONFIG.is_file():
         pytest.fail(f"example configuration not found at {EXAMPLE_CONFIG}")
     return EXAMPLE_CONFIG

@@ -27,7 +27,7 @@ STRANGER_TOKEN = {"authorization": "Test stranger@example.com"}
 
 OUTAGE = Unavailable("gerrit_unavailable", "Gerrit timed out")
 
-# The example configuration's rules (shared/examples/config.yaml), as YAML-shaped mappings.
+# The example configuration's rules (examples/config.yaml), as YAML-shaped mappings.
 EXAMPLE_RULES: list[dict[str, Any]] = [
     {"name": "health", "match": {"path": "/healthz"}, "require": "anyone"},
     {
