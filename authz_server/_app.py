@@ -48,12 +48,17 @@ def build_components(
     )
     client = GerritClient(config.gerrit.url, config.gerrit.username, password, http, timeout=config.gerrit.timeout)
     store = store or make_store(
-        config.cache.backend, redis_url=config.cache.redis_url, namespace=config.cache.namespace
+        config.cache.backend,
+        redis_url=config.cache.redis_url,
+        namespace=config.cache.namespace,
+        max_entries=config.cache.max_entries,
     )
     # Replicas sharing Redis must derive the same key for credential hashes; the service password is the
     # one secret they all share, and it never leaves the process.
     secret = hashlib.sha256(b"gerrit-authz credential cache v1\0" + password.encode()).digest()
-    cache = CachedGerrit(client, store, config.cache.ttl, stale_if_error=config.cache.stale_if_error, secret=secret)
+    cache = CachedGerrit(
+        client, store, config.cache.ttl, stale_if_error=config.cache.stale_if_error, secret=secret, tree=client
+    )
     sources: list[IdentitySource] = []
     for entry in config.identity:
         if entry.jwt is not None:

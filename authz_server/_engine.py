@@ -71,8 +71,8 @@ class Authorizer:
         if result.ok is None:
             assert result.error is not None
             error = result.error
-            if not isinstance(error, Unauthenticated):
-                # Keep the stable code, but name the rule and the requirement that could not be checked.
+            if not isinstance(error, Unauthenticated) or error.code == "missing_credentials":
+                # Keep the stable code, but name the rule and the requirement that could not be decided.
                 error = type(error)(error.code, f"rule {rule.name!r}: {result.reason}", detail=error.detail)
         elif not result.ok:
             reason = f"rule {rule.name!r}: {result.reason}"

@@ -1,13 +1,22 @@
 """Evaluating a requirement tree against Gerrit facts, with a trace of every step.
 
-Three-valued: each node is satisfied, unsatisfied, or an error (Gerrit unavailable, bad credential). ``any`` is
-satisfied if one child is, ``all`` is unsatisfied if one child is; otherwise an error wins over a plain result,
-so an outage can never turn into an allow. Independent children are looked up concurrently.
+Three-valued (Kleene): each node is satisfied, unsatisfied, or *undecided*, and an undecided node carries the
+error that explains it:
+
+- an anonymous caller at a Gerrit requirement — nobody to ask Gerrit about (401 ``missing_credentials``);
+- an identity without a Gerrit account — Gerrit cannot say (403 ``requirement_failed``);
+- a credential that failed verification (401), or Gerrit unreachable with nothing usable cached (503).
+
+``not`` keeps an undecided node undecided; ``any`` is satisfied if one child is, ``all`` unsatisfied if one
+child is, and otherwise an undecided child makes the whole node undecided. So "cannot tell" never becomes "yes"
+whatever the combinators around it. Only ``authenticated`` is decided for an anonymous caller: it is plainly
+false. Independent children are looked up concurrently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -27,16 +36,20 @@ from ._requirements import (
     Requirement,
 )
 from ._templates import fill
-from .errors import AuthzError
+from .errors import AuthzError, PermissionDenied, Unauthenticated, Unavailable
 
-__all__ = ["Context", "Result", "TraceEntry", "evaluate"]
+__all__ = ["Context", "Result", "TraceEntry", "evaluate", "is_group_uuid"]
+
+# Gerrit's internal group UUIDs are 40 hex digits; system and external groups have a scheme
+# ("global:Registered-Users", "ldap:cn=...").
+_GROUP_UUID = re.compile(r"[0-9a-fA-F]{40}|[a-z][a-z0-9+.-]*:.+", re.S)
 
 
 @dataclass(frozen=True, slots=True)
 class TraceEntry:
     kind: str
     target: str
-    result: str  # satisfied | unsatisfied | error
+    result: str  # satisfied | unsatisfied | undecided
     source: str = ""
     detail: str = ""
     depth: int = 0
@@ -44,10 +57,25 @@ class TraceEntry:
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    ok: bool | None  # None: error
+    ok: bool | None  # None: undecided, and ``error`` says why
     error: AuthzError | None = None
     reason: str = ""  # the first unmet requirement, for the deny body
     login_helps: bool = False  # unsatisfied because nobody is logged in: a 401, not a 403
+
+
+def _undecided(error: AuthzError, reason: str) -> Result:
+    return Result(None, error, reason=reason)
+
+
+# Which undecided child speaks for an undecided node: an outage first (a retry may decide it), then a missing or
+# bad credential (logging in may), then a missing account.
+def _rank(result: Result) -> int:
+    return 0 if isinstance(result.error, Unavailable) else 1 if isinstance(result.error, Unauthenticated) else 2
+
+
+def is_group_uuid(value: str) -> bool:
+    """Whether a ``group:`` value names a group by UUID (compared with UUIDs only) rather than by name."""
+    return _GROUP_UUID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,22 +133,22 @@ async def evaluate(req: Requirement, ctx: Context, depth: int = 0) -> tuple[Resu
 
 
 def _word(result: Result) -> str:
-    return "error" if result.ok is None else ("satisfied" if result.ok else "unsatisfied")
+    return "undecided" if result.ok is None else ("satisfied" if result.ok else "unsatisfied")
 
 
 def _combine(req: All | Any_ | Not, results: list[Result]) -> Result:
     if isinstance(req, Not):
         (inner,) = results
         if inner.ok is None:
-            return inner
+            return inner  # not(undecided) is undecided
         return Result(not inner.ok, reason="" if inner.ok is False else "not: the inner requirement is satisfied")
     decisive = not isinstance(req, All)  # any: one True decides; all: one False decides
     for r in results:
         if r.ok is decisive:
             return r if not decisive else Result(True)
-    for r in results:
-        if r.ok is None:
-            return r
+    undecided = [r for r in results if r.ok is None]
+    if undecided:
+        return min(undecided, key=_rank)
     if decisive:  # any: nothing satisfied
         reasons = "; ".join(r.reason for r in results if r.reason)
         return Result(False, reason=f"none of: {reasons}", login_helps=any(r.login_helps for r in results))
@@ -139,19 +167,23 @@ async def _leaf(req: Requirement, values: tuple[str, ...], target: str, ctx: Con
         return Result(True), "", ""
     identity = ctx.identity
     if identity.error is not None:
-        return Result(None, identity.error, reason=identity.error.reason), "", identity.error.detail
+        return _undecided(identity.error, identity.error.reason), "", identity.error.detail
     label = f"{_KIND[type(req)]} {target!r}" if target else _KIND[type(req)]
     if identity.principal is None:
-        return Result(False, reason=f"{label}: no credential", login_helps=True), "", ""
+        if isinstance(req, Authenticated):
+            return Result(False, reason=f"{label}: no credential", login_helps=True), "", ""
+        reason = f"{label}: no credential"
+        return _undecided(Unauthenticated("missing_credentials", reason), reason), "", ""
     if isinstance(req, Authenticated):
         return Result(True), "", ""
     account = identity.account
     if account is None:
-        return Result(False, reason=f"{label}: {_name(identity)} has no Gerrit account"), "", ""
+        reason = f"{label}: {_name(identity)} has no Gerrit account"
+        return _undecided(PermissionDenied("requirement_failed", reason), reason), "", identity.no_account
     try:
         return await _gerrit_leaf(req, values, account, label, ctx)
     except AuthzError as exc:
-        return Result(None, exc, reason=f"{label}: {exc.reason}"), "", exc.detail
+        return _undecided(exc, f"{label}: {exc.reason}"), "", exc.detail
 
 
 async def _gerrit_leaf(
@@ -161,7 +193,11 @@ async def _gerrit_leaf(
     if isinstance(req, Group):
         groups = await facts.groups(account.id, deadline)
         (name,) = values
-        ok = any(name in (g.id, g.name) for g in groups.value)
+        # A UUID only ever equals a UUID and a name a name: a group *named* like another's UUID is not that group.
+        if is_group_uuid(name):
+            ok = any(g.id.lower() == name.lower() for g in groups.value)
+        else:
+            ok = any(g.name == name for g in groups.value)
         return _leaf_result(ok, f"{label}: {who} is not a member"), groups.source, groups.detail
     if isinstance(req, Capability):
         caps = await facts.capabilities(account.id, deadline)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 from ._deadline import Deadline
+
+if TYPE_CHECKING:
+    from ._accounts import AccountKey
 
 __all__ = [
     "CODECS",
@@ -22,6 +25,7 @@ __all__ = [
     "GerritFacts",
     "Group",
     "LabelVotes",
+    "ProjectTree",
     "Source",
 ]
 
@@ -78,7 +82,9 @@ class Fact(Generic[T]):
 class GerritFacts(Protocol):
     """What a decision may ask Gerrit. ``None`` means "no such account/change" (a negative answer)."""
 
-    async def account(self, query: str, deadline: Deadline) -> Fact[Account | None]: ...
+    async def account(self, key: AccountKey, deadline: Deadline) -> Fact[Account | None]:
+        """The one active account that carries ``key.value`` in ``key.field``, else None."""
+        ...
 
     async def verify_credentials(self, username: str, password: str, deadline: Deadline) -> Fact[Account | None]: ...
 
@@ -91,6 +97,14 @@ class GerritFacts(Protocol):
     async def capabilities(self, account_id: int, deadline: Deadline) -> Fact[frozenset[str]]: ...
 
     async def change(self, change_id: str, deadline: Deadline) -> Fact[ChangeInfo | None]: ...
+
+
+class ProjectTree(Protocol):
+    """Where a project inherits its access rights from (asked when invalidating, never on the Check path)."""
+
+    async def project_parent(self, project: str, deadline: Deadline) -> str | None:
+        """The parent's name; None for the root (All-Projects) and for a project that does not exist."""
+        ...
 
 
 def _account(data: Any) -> Account | None:

@@ -1,21 +1,31 @@
 """Gerrit's REST API over one pooled ``httpx.AsyncClient``: the raw (uncached) :class:`GerritFacts`.
 
-Every request goes to ``{url}/a/...`` with HTTP basic auth, is bounded by the Check's remaining deadline, and has
-Gerrit's ``)]}'`` XSSI prefix stripped. httpx failures become :class:`Unavailable`; Gerrit's text error bodies
-are kept as ``detail`` for the Explain trace.
+Every request goes to ``{url}/a/...`` with HTTP basic auth and has Gerrit's ``)]}'`` XSSI prefix stripped. Its
+*total* time (connect, headers and the whole body) is bounded by the smaller of ``gerrit.timeout`` and the
+Check's remaining budget: httpx's own timeouts bound each read, so a Gerrit trickling its body one byte at a time
+would otherwise hold a Check far past its deadline.
+
+Answers are sorted into three kinds. An outage (unreachable, timed out, 5xx, 429) is a *transient*
+:class:`Unavailable`, the only kind the cache may bridge with a stale answer. The service account being refused
+(401/403) or a garbled 200 is a non-transient :class:`Unavailable`. Any other status is Gerrit's definite answer:
+a negative fact ("no such account", "not allowed"), never an outage. Gerrit's text error bodies are kept as
+``detail`` for the Explain trace.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, TypeVar, cast
 from urllib.parse import quote, unquote
 
 import httpx
 
+from ._accounts import AccountKey, carries
 from ._deadline import Deadline
 from ._facts import AccessResult, Account, ChangeInfo, Fact, Group, LabelVotes
 from .errors import Unavailable
@@ -23,7 +33,18 @@ from .errors import Unavailable
 __all__ = ["GerritClient", "make_http_client"]
 
 _XSSI = b")]}'"
-_NOT_FOUND = object()
+_QUERY_LIMIT = "10"  # candidates per account query; Gerrit's email: operator also matches prefixes
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A definite non-200 answer from Gerrit (404, 400, 409, 422, the caller's credentials refused, ...)."""
+
+    status: int
+    detail: str
+
+    def __str__(self) -> str:
+        return f"Gerrit answered {self.status}" + (f": {self.detail}" if self.detail else "")
 
 
 def make_http_client(
@@ -39,7 +60,9 @@ def make_http_client(
     )
 
 
-def _account(data: dict[str, Any]) -> Account:
+def _account(data: dict[str, Any]) -> Account | None:
+    if data.get("inactive"):
+        return None  # a disabled account is nobody's identity
     return Account(
         id=int(data["_account_id"]),
         username=str(data.get("username", "")),
@@ -88,34 +111,36 @@ class GerritClient:
         path: str,
         deadline: Deadline,
         *,
-        params: dict[str, str] | None = None,
+        params: tuple[tuple[str, str], ...] = (),
         auth: httpx.BasicAuth | None = None,
-        not_found_ok: bool = False,
     ) -> Any:
+        """Gerrit's JSON answer, or :class:`_Refused` for a definite non-200 answer."""
         timeout = deadline.bound(self._timeout)
         if timeout <= 0:
-            raise Unavailable("deadline_exceeded", "no time left in the Check's budget for a Gerrit request")
-        try:
-            resp = await self._http.get(self._base + path, params=params, auth=auth or self._auth, timeout=timeout)
-        except httpx.TimeoutException:
-            raise Unavailable("gerrit_timeout", f"Gerrit did not answer within {timeout:.3f}s") from None
-        except httpx.HTTPError as exc:
-            raise Unavailable("gerrit_unavailable", f"Gerrit unreachable: {type(exc).__name__}") from None
-        if resp.status_code == 404 and not_found_ok:
-            return _NOT_FOUND
-        if resp.status_code in (401, 403) and auth is not None:
-            return _NOT_FOUND  # the caller's own credentials were refused
-        if resp.status_code != 200:
-            detail = resp.text.strip()[:300]
-            if resp.status_code in (401, 403):
-                raise Unavailable(
-                    "gerrit_auth_failed",
-                    f"Gerrit refused the service account ({resp.status_code})",
-                    detail=detail,
-                )
             raise Unavailable(
-                "gerrit_error", f"Gerrit answered {resp.status_code} for {path.split('?')[0]}", detail=detail
+                "deadline_exceeded", "no time left in the Check's budget for a Gerrit request", transient=True
             )
+        try:
+            async with asyncio.timeout(timeout):
+                resp = await self._http.get(
+                    self._base + path, params=params or None, auth=auth or self._auth, timeout=timeout
+                )
+        except (TimeoutError, httpx.TimeoutException):
+            raise Unavailable(
+                "gerrit_timeout", f"Gerrit did not answer within {timeout:.3f}s", transient=True
+            ) from None
+        except httpx.HTTPError as exc:
+            raise Unavailable(
+                "gerrit_unavailable", f"Gerrit unreachable: {type(exc).__name__}", transient=True
+            ) from None
+        status = resp.status_code
+        if status != 200:
+            detail = resp.text.strip()[:300]
+            if status >= 500 or status == 429:
+                raise Unavailable("gerrit_error", f"Gerrit answered {status} for {path}", detail=detail, transient=True)
+            if status in (401, 403) and auth is None:
+                raise Unavailable("gerrit_auth_failed", f"Gerrit refused the service account ({status})", detail=detail)
+            return _Refused(status, detail)
         body = resp.content
         if body.startswith(_XSSI):
             body = body[len(_XSSI) :]
@@ -125,22 +150,36 @@ class GerritClient:
             raise Unavailable("gerrit_error", "Gerrit sent a body that is not JSON") from None
 
     @_shape_checked
-    async def account(self, query: str, deadline: Deadline) -> Fact[Account | None]:
-        data = await self._get(f"accounts/{quote(query, safe='@')}", deadline, not_found_ok=True)
-        if data is _NOT_FOUND:
-            return Fact(None, detail=f"no Gerrit account {query!r}")
-        return Fact(_account(data))
+    async def account(self, key: AccountKey, deadline: Deadline) -> Fact[Account | None]:
+        if key.field == "account_id":
+            # account_key() admits digits only, so this path segment is a plain id.
+            data = await self._get(f"accounts/{key.value}", deadline)
+            candidates = [] if isinstance(data, _Refused) else [data]
+        else:
+            # A query by that one field (never the free-form resolver); the value holds no quote or backslash.
+            query = f'{"email" if key.field == "email" else "username"}:"{key.value}"'
+            data = await self._get("accounts/", deadline, params=(("q", query), ("o", "DETAILS"), ("n", _QUERY_LIMIT)))
+            candidates = [] if isinstance(data, _Refused) else list(data)
+        matches = [a for a in (_account(c) for c in candidates) if a is not None and carries(a, key)]
+        if len(matches) != 1:
+            why = "several accounts" if matches else "no active account"
+            detail = str(data) if isinstance(data, _Refused) else f"{why} with {key.field} {key.value!r}"
+            return Fact(None, detail=detail)
+        return Fact(matches[0])
 
     @_shape_checked
     async def verify_credentials(self, username: str, password: str, deadline: Deadline) -> Fact[Account | None]:
         data = await self._get("accounts/self", deadline, auth=httpx.BasicAuth(username, password))
-        if data is _NOT_FOUND:
+        account = None if isinstance(data, _Refused) else _account(data)
+        if account is None:
             return Fact(None, detail="Gerrit refused the username/password")
-        return Fact(_account(data))
+        return Fact(account)
 
     @_shape_checked
     async def groups(self, account_id: int, deadline: Deadline) -> Fact[tuple[Group, ...]]:
         data = await self._get(f"accounts/{account_id}/groups", deadline)
+        if isinstance(data, _Refused):
+            return Fact((), detail=str(data))
         return Fact(tuple(Group(id=unquote(str(g.get("id", ""))), name=str(g.get("name", ""))) for g in data))
 
     @_shape_checked
@@ -150,11 +189,12 @@ class GerritClient:
         data = await self._get(
             f"projects/{quote(project, safe='')}/check.access",
             deadline,
-            params={"account": str(account_id), "ref": ref, "perm": perm},
-            not_found_ok=True,
+            params=(("account", str(account_id)), ("ref", ref), ("perm", perm)),
         )
-        if data is _NOT_FOUND:
-            return Fact(AccessResult(False, f"project {project!r} not found"))
+        if isinstance(data, _Refused):
+            # 404: no such project (or hidden from the service account); 400/422: Gerrit refused the question.
+            what = f"project {project!r} not found" if data.status == 404 else str(data)
+            return Fact(AccessResult(False, what))
         # A denial is HTTP 200 with "status": 403 in the body.
         allowed = int(data.get("status", 0)) == 200
         return Fact(AccessResult(allowed, str(data.get("message", ""))))
@@ -162,6 +202,8 @@ class GerritClient:
     @_shape_checked
     async def capabilities(self, account_id: int, deadline: Deadline) -> Fact[frozenset[str]]:
         data = await self._get(f"accounts/{account_id}/capabilities", deadline)
+        if isinstance(data, _Refused):
+            return Fact(frozenset(), detail=str(data))
         return Fact(frozenset(name for name, value in data.items() if value))
 
     @_shape_checked
@@ -169,11 +211,10 @@ class GerritClient:
         data = await self._get(
             f"changes/{quote(change_id, safe='~')}",
             deadline,
-            params=[("o", "DETAILED_LABELS"), ("o", "SUBMITTABLE")],  # type: ignore[arg-type]
-            not_found_ok=True,
+            params=(("o", "DETAILED_LABELS"), ("o", "SUBMITTABLE")),
         )
-        if data is _NOT_FOUND:
-            return Fact(None, detail=f"no change {change_id!r} visible to the service account")
+        if isinstance(data, _Refused):
+            return Fact(None, detail=f"no change {change_id!r} visible to the service account ({data})")
         return Fact(
             ChangeInfo(
                 number=int(data["_number"]),
@@ -184,3 +225,7 @@ class GerritClient:
                 submittable=data.get("submittable"),
             )
         )
+
+    async def project_parent(self, project: str, deadline: Deadline) -> str | None:
+        data = await self._get(f"projects/{quote(project, safe='')}/parent", deadline)
+        return data if isinstance(data, str) and data else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import OrderedDict
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -47,21 +48,38 @@ class Store(Protocol):
 
 
 class MemoryStore:
-    """Per-process store; values are kept as Python objects (no serialisation on the hot path)."""
+    """Per-process store; values are kept as Python objects (no serialisation on the hot path).
 
-    def __init__(self) -> None:
+    At most ``max_entries`` entries are held, the least recently used evicted first, so that no stream of
+    distinct bogus credentials or unknown projects can grow the process without bound.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
         # timeout=0: no asyncio.wait_for around dict operations (it would cost a task per lookup).
         self._cache = SimpleMemoryCache(timeout=0)
+        self._max = max_entries
+        # Recency order. It may also hold keys aiocache has since expired; those leave it as they reach its front,
+        # so it is bounded by max_entries too.
+        self._order: OrderedDict[str, None] = OrderedDict()
         self.encodes = False
 
     async def get(self, key: str) -> Any | None:
         # Hot path (every cached fact of every Check): read aiocache's dict directly. SimpleMemoryCache.get
         # adds only its decorator stack (env lookup, timeout, plugins, timing, debug log) around the same
         # dict.get: no namespace, NullSerializer, expiry by call_later deletion. Writes still go through it.
-        return self._cache._cache.get(key)
+        value = self._cache._cache.get(key)
+        if value is not None:
+            self._order.move_to_end(key)
+        return value
 
     async def set(self, key: str, value: Any, ttl: float) -> None:
         await self._cache.set(key, value, ttl=ttl)
+        self._order[key] = None
+        self._order.move_to_end(key)
+        while len(self._order) > self._max:
+            oldest, _ = self._order.popitem(last=False)
+            if oldest in self._cache._cache:
+                await self._cache.delete(oldest)
 
     async def keys_tagged(self, tag: str) -> list[str]:
         return [k for k in list(self._cache._cache) if f"|{tag}|" in k or k.startswith(f"{tag}|")]
@@ -69,6 +87,7 @@ class MemoryStore:
     async def delete_keys(self, keys: list[str]) -> int:
         removed = 0
         for key in keys:
+            self._order.pop(key, None)
             removed += int(await self._cache.delete(key))
         return removed
 
@@ -76,6 +95,7 @@ class MemoryStore:
         return await self.delete_keys(await self.keys_tagged(tag))
 
     async def clear(self) -> None:
+        self._order.clear()
         await self._cache.clear()
 
     async def close(self) -> None:
@@ -163,9 +183,11 @@ class RedisStore:
         await self._cache.close()
 
 
-def make_store(backend: str, *, redis_url: str | None = None, namespace: str = "gerrit-authz:") -> Store:
+def make_store(
+    backend: str, *, redis_url: str | None = None, namespace: str = "gerrit-authz:", max_entries: int = 100_000
+) -> Store:
     """The configured store."""
     if backend == "redis":
         assert redis_url is not None
         return RedisStore(redis_url, namespace)
-    return MemoryStore()
+    return MemoryStore(max_entries)

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from ._accounts import AccountField
 from ._requirements import Requirement, RequirementError, parse_requirement, placeholders
 from ._templates import PathTemplate, TemplateError
 from .errors import ConfigError
@@ -117,10 +118,18 @@ class GerritConfig(_Model):
             raise ConfigError([("gerrit.password_file", f"cannot read: {exc.strerror}")]) from None
 
 
-class JwtConfig(_Model):
+class _AccountMapping(_Model):
+    """How a verified token names its Gerrit account: the claim, and the one account field it must equal."""
+
+    account_claim: str = "email"
+    account_field: AccountField = "email"
+    # With account_field email, a token saying email_verified: false is refused (401).
+    require_verified_email: bool = True
+
+
+class JwtConfig(_AccountMapping):
     issuer: str
     audiences: list[str] = Field(min_length=1)
-    account_claim: str = "email"
     jwks_url: str | None = None
     algorithms: list[Literal[ASYMMETRIC_ALGORITHMS]] = list(ASYMMETRIC_ALGORITHMS)  # type: ignore[valid-type]
     leeway: Duration = Field(default=30.0, le=60.0)
@@ -133,10 +142,9 @@ class GerritHttpCredentialsConfig(_Model):
     pass
 
 
-class EnvoyJwtMetadataConfig(_Model):
+class EnvoyJwtMetadataConfig(_AccountMapping):
     filter: str = "envoy.filters.http.jwt_authn"
     payload_key: str = "jwt_payload"
-    account_claim: str = "email"
     issuer: str | None = None
 
 
@@ -168,6 +176,8 @@ class CacheConfig(_Model):
     namespace: str = "gerrit-authz:"
     ttl: TtlConfig = TtlConfig()
     stale_if_error: Duration = 300.0
+    # The memory backend's bound (least recently used evicted first); Redis bounds itself (maxmemory).
+    max_entries: int = Field(default=100_000, ge=100)
 
     @model_validator(mode="after")
     def _redis_url(self) -> CacheConfig:

@@ -56,9 +56,17 @@ class PermissionDenied(AuthzError):
 
 
 class Unavailable(AuthzError):
-    """A dependency (Gerrit, the OIDC issuer) cannot answer and no usable cached answer exists (503)."""
+    """A dependency (Gerrit, the OIDC issuer) cannot answer and no usable cached answer exists (503).
+
+    ``transient`` marks an outage (unreachable, timed out, 5xx, 429): only then may an expired cached answer
+    stand in. A definite but unusable answer (the service account refused, a garbled body) is not transient.
+    """
 
     family = "unavailable"
+
+    def __init__(self, code: str, reason: str, *, detail: str = "", transient: bool = False) -> None:
+        super().__init__(code, reason, detail=detail)
+        self.transient = transient
 
 
 class ConfigError(Exception):

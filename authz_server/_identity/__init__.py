@@ -39,9 +39,16 @@ class IdentityResolver:
         principal: Principal | None = None
         try:
             principal = await source.authenticate(inp, deadline)
-            if principal.account is not None or principal.account_query is None:
+            if principal.account is not None:
                 return Identity(principal, principal.account, principal.account_source)
-            fact = await self._facts.account(principal.account_query, deadline)
+            key = principal.account_key
+            if key is None:
+                return Identity(principal, no_account="its token names no usable Gerrit account")
+            fact = await self._facts.account(key, deadline)
+            if fact.value is None:
+                return Identity(
+                    principal, account_source=fact.source, no_account=f"no Gerrit account has {key.field} {key.value!r}"
+                )
             return Identity(principal, fact.value, fact.source)
         except AuthzError as exc:
             return Identity(principal, error=exc)

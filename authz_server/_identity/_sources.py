@@ -7,6 +7,7 @@ import binascii
 from collections.abc import Mapping
 from typing import Any
 
+from .._accounts import account_key
 from .._deadline import Deadline
 from .._facts import GerritFacts
 from .._input import CheckInput
@@ -15,7 +16,10 @@ from ..errors import Unauthenticated
 from ._types import Principal
 from .jwt import JwtVerifier
 
-__all__ = ["BasicCredentialsSource", "EnvoyJwtMetadataSource", "JwtSource"]
+__all__ = ["MAX_BASIC_CREDENTIAL", "BasicCredentialsSource", "EnvoyJwtMetadataSource", "JwtSource"]
+
+#: Longer Basic credentials are refused without asking Gerrit (which answers 431 to a huge header).
+MAX_BASIC_CREDENTIAL = 4096
 
 
 def _scheme(inp: CheckInput, scheme: str) -> str | None:
@@ -26,9 +30,19 @@ def _scheme(inp: CheckInput, scheme: str) -> str | None:
     return None
 
 
-def _claim(claims: Mapping[str, Any], name: str) -> str | None:
-    value = claims.get(name)
-    return value if isinstance(value, str) and value else None
+def _token_principal(source: str, claims: Mapping[str, Any], config: JwtConfig | EnvoyJwtMetadataConfig) -> Principal:
+    """A verified token's principal: its account key, taken strictly from the configured claim and field."""
+    if config.account_field == "email" and config.require_verified_email:
+        verified = claims.get("email_verified")
+        # Absent: many IdPs only send it for addresses they did not verify. Some send the string "true".
+        if verified is not None and verified is not True and verified != "true":
+            raise Unauthenticated("invalid_token", "the token's email is not verified (email_verified)")
+    return Principal(
+        source=source,
+        subject=str(claims.get("sub", "")),
+        account_key=account_key(config.account_field, claims.get(config.account_claim)),
+        claims=claims,
+    )
 
 
 class JwtSource:
@@ -44,12 +58,7 @@ class JwtSource:
     async def authenticate(self, inp: CheckInput, deadline: Deadline) -> Principal:
         token = _scheme(inp, "bearer") or ""
         claims = await self._verifier.verify(token, deadline)
-        return Principal(
-            source=self.name,
-            subject=str(claims.get("sub", "")),
-            account_query=_claim(claims, self._config.account_claim),
-            claims=claims,
-        )
+        return _token_principal(self.name, claims, self._config)
 
 
 class BasicCredentialsSource:
@@ -64,8 +73,11 @@ class BasicCredentialsSource:
         return _scheme(inp, "basic") is not None
 
     async def authenticate(self, inp: CheckInput, deadline: Deadline) -> Principal:
+        credential = _scheme(inp, "basic") or ""
+        if len(credential) > MAX_BASIC_CREDENTIAL:
+            raise Unauthenticated("invalid_credentials", "Basic credentials too large")
         try:
-            decoded = base64.b64decode(_scheme(inp, "basic") or "", validate=True).decode("utf-8")
+            decoded = base64.b64decode(credential, validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
             raise Unauthenticated("invalid_credentials", "malformed Basic credentials") from None
         username, sep, password = decoded.partition(":")
@@ -96,9 +108,4 @@ class EnvoyJwtMetadataSource:
         claims = self._payload(inp) or {}
         if self._config.issuer is not None and claims.get("iss") != self._config.issuer:
             raise Unauthenticated("invalid_token", "JWT from Envoy metadata has an unexpected issuer")
-        return Principal(
-            source=self.name,
-            subject=str(claims.get("sub", "")),
-            account_query=_claim(claims, self._config.account_claim),
-            claims=claims,
-        )
+        return _token_principal(self.name, claims, self._config)

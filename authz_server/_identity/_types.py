@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from .._accounts import AccountKey
 from .._deadline import Deadline
 from .._facts import Account, Source
 from .._input import CheckInput
@@ -21,7 +22,7 @@ class Principal:
 
     source: str  # jwt | gerrit_http_credentials | envoy_jwt_metadata
     subject: str
-    account_query: str | None = None  # looked up as a Gerrit account
+    account_key: AccountKey | None = None  # looked up as a Gerrit account
     account: Account | None = None  # already known (Gerrit verified the credential itself)
     account_source: Source | None = None
     claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
@@ -35,6 +36,8 @@ class Identity:
     account: Account | None = None
     account_source: Source | None = None
     error: AuthzError | None = None
+    #: why an authenticated principal has no Gerrit account (for the deny reason and the trace)
+    no_account: str = ""
 
     @property
     def authenticated(self) -> bool:

@@ -24,6 +24,7 @@ from envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from google.protobuf.struct_pb2 import Struct
 
+from authz_server._accounts import AccountField, AccountKey, account_key
 from authz_server._deadline import Deadline
 from authz_server._engine import Authorizer
 from authz_server._facts import AccessResult, Account, ChangeInfo, Fact, Group, LabelVotes, Source
@@ -120,7 +121,7 @@ def make_change(
 class FakeFacts:
     """:class:`~authz_server._facts.GerritFacts` served from in-memory dicts; records every call.
 
-    - ``accounts``: account query (email, username, ...) → :class:`Account`; unknown → ``None``.
+    - ``accounts``: account key value (email, username, id) → :class:`Account`; unknown → ``None``.
     - ``credentials``: ``(username, password)`` → :class:`Account`; unknown → ``None`` (Gerrit refused).
     - ``groups``: account id → groups; ``capabilities``: account id → capability names.
     - ``access``: ``(project, account_id, ref, perm)`` → ``bool`` or :class:`AccessResult`; unknown → denied.
@@ -175,10 +176,10 @@ class FakeFacts:
     def _exit(self) -> None:
         self.in_flight -= 1
 
-    async def account(self, query: str, deadline: Deadline) -> Fact[Account | None]:
-        await self._enter("account", (query,))
+    async def account(self, key: AccountKey, deadline: Deadline) -> Fact[Account | None]:
+        await self._enter("account", (key.value,))
         self._exit()
-        return Fact(self.accounts.get(query), self.source)
+        return Fact(self.accounts.get(key.value), self.source)
 
     async def verify_credentials(self, username: str, password: str, deadline: Deadline) -> Fact[Account | None]:
         await self._enter("verify_credentials", (username,))  # never record the password
@@ -220,7 +221,8 @@ class StaticTokenSource:
 
     async def authenticate(self, inp: CheckInput, deadline: Deadline) -> Principal:
         subject = inp.headers["authorization"].removeprefix("Test ").strip()
-        return Principal(source=self.name, subject=subject, account_query=subject)
+        field: AccountField = "email" if "@" in subject else "username"
+        return Principal(source=self.name, subject=subject, account_key=account_key(field, subject))
 
 
 def make_rules(rules: Sequence[Mapping[str, Any]]) -> Policy:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from authz_server._accounts import AccountKey
 from authz_server._cache import CachedGerrit
 from authz_server._deadline import Deadline
 from authz_server._facts import AccessResult, Account, ChangeInfo, Fact, Group, LabelVotes
@@ -30,6 +31,10 @@ SECRET = b"test-hmac-secret-0123456789abcdef"
 ALICE = Account(id=1000001, username="alice", email="alice@example.com", name="Alice")
 BOB = Account(id=1000002, username="bob", email="bob@example.com", name="Bob")
 ALICE_PASSWORD = "alice-Http-Pw-93f1"
+
+
+def account_key_for(value: str) -> AccountKey:
+    return AccountKey("email" if "@" in value else "username", value)
 
 
 class Clock:
@@ -64,6 +69,9 @@ class FakeGerrit:
         self.changes: dict[str, ChangeInfo] = {
             "4711": ChangeInfo(4711, "platform/build", "main", "NEW", {"Code-Review": LabelVotes(2, -1)}, True)
         }
+        # The project tree (unknown projects are children of All-Projects); None: the answer is an outage.
+        self.parents: dict[str, str | None] = {"platform/build": "platform", "platform/build-tools": "platform"}
+        self.parent_calls: list[str] = []
 
     @property
     def total(self) -> int:
@@ -84,7 +92,8 @@ class FakeGerrit:
         finally:
             self.in_flight -= 1
 
-    async def account(self, query: str, deadline: Deadline) -> Fact[Account | None]:
+    async def account(self, key: AccountKey, deadline: Deadline) -> Fact[Account | None]:
+        query = key.value
         return await self._answer(("account", query), self.accounts.get(query))
 
     async def verify_credentials(self, username: str, password: str, deadline: Deadline) -> Fact[Account | None]:
@@ -107,13 +116,24 @@ class FakeGerrit:
     async def change(self, change_id: str, deadline: Deadline) -> Fact[ChangeInfo | None]:
         return await self._answer(("change", change_id), self.changes.get(change_id))
 
+    async def project_parent(self, project: str, deadline: Deadline) -> str | None:
+        self.parent_calls.append(project)
+        if project == "All-Projects":
+            return None
+        parent = self.parents.get(project, "All-Projects")
+        if parent is None:
+            raise Unavailable("gerrit_timeout", "slow", transient=True)
+        return parent
+
 
 class Env:
     def __init__(self, ttl: TtlConfig = TTL, stale: float = STALE) -> None:
         self.inner = FakeGerrit()
         self.store = MemoryStore()
         self.clock = Clock()
-        self.cache = CachedGerrit(self.inner, self.store, ttl, stale_if_error=stale, secret=SECRET, clock=self.clock)
+        self.cache = CachedGerrit(
+            self.inner, self.store, ttl, stale_if_error=stale, secret=SECRET, tree=self.inner, clock=self.clock
+        )
 
     def stored_keys(self) -> list[str]:
         return sorted(self.store._cache._cache)
@@ -137,7 +157,7 @@ Lookup = Callable[[CachedGerrit], Awaitable[Fact[Any]]]
 
 # kind -> (a positive lookup, its TTL)
 POSITIVE: dict[str, tuple[Lookup, float]] = {
-    "account": (lambda c: c.account("alice", budget()), TTL.account),
+    "account": (lambda c: c.account(account_key_for("alice"), budget()), TTL.account),
     "credentials": (lambda c: c.verify_credentials("alice", ALICE_PASSWORD, budget()), TTL.credentials),
     "groups": (lambda c: c.groups(ALICE.id, budget()), TTL.groups),
     "access": (lambda c: c.check_access("platform/build", ALICE.id, "refs/heads/main", "read", budget()), TTL.access),
@@ -146,7 +166,7 @@ POSITIVE: dict[str, tuple[Lookup, float]] = {
 }
 
 NEGATIVE: dict[str, Lookup] = {
-    "account": lambda c: c.account("nobody@example.com", budget()),
+    "account": lambda c: c.account(account_key_for("nobody@example.com"), budget()),
     "credentials": lambda c: c.verify_credentials("alice", "wrong-password", budget()),
     "access": lambda c: c.check_access("platform/build", ALICE.id, "refs/heads/main", "push", budget()),
     "change": lambda c: c.change("999999", budget()),
@@ -222,16 +242,16 @@ async def test_zero_ttl_disables_caching_for_that_kind() -> None:
     try:
         await e.cache.change("4711", budget())
         await e.cache.change("4711", budget())
-        await e.cache.account("nobody", budget())
-        await e.cache.account("nobody", budget())
-        await e.cache.account("alice", budget())
-        await e.cache.account("alice", budget())
+        await e.cache.account(account_key_for("nobody"), budget())
+        await e.cache.account(account_key_for("nobody"), budget())
+        await e.cache.account(account_key_for("alice"), budget())
+        await e.cache.account(account_key_for("alice"), budget())
 
         assert e.inner.calls[("change", "4711")] == 2
         assert e.inner.calls[("account", "nobody")] == 2
         assert e.inner.calls[("account", "alice")] == 1
-        # Only alice's positive account answer is kept (with the name aliases that index it for invalidation).
-        assert [k for k in e.stored_keys() if not k.startswith("alias|")] == ["account|q=alice|"]
+        # Only alice's positive account answer is kept (with the aliases and refs that index it for invalidation).
+        assert [k for k in e.stored_keys() if not k.startswith(("alias|", "ref|"))] == ["account|f=username|q=alice|"]
     finally:
         await e.close()
 
@@ -247,9 +267,10 @@ async def test_entries_are_kept_for_ttl_plus_stale_window_in_the_store(env: Env)
 
     env.store.set = spy  # type: ignore[method-assign]
     await env.cache.groups(ALICE.id, budget())
-    await env.cache.account("nobody", budget())
+    await env.cache.account(account_key_for("nobody"), budget())
 
-    assert seen == [TTL.groups + STALE, TTL.negative + STALE]
+    # A negative answer is kept only while fresh: it is never reused during an outage.
+    assert seen == [TTL.groups + STALE, TTL.negative]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -287,7 +308,7 @@ async def test_concurrent_different_keys_are_separate_requests(env: Env) -> None
     env.inner.gate = asyncio.Event()
     queries = ["alice", "bob", "alice@example.com", "bob@example.com", "1000001", "nobody"]
 
-    tasks = [asyncio.create_task(env.cache.account(q, budget())) for q in queries for _ in range(5)]
+    tasks = [asyncio.create_task(env.cache.account(account_key_for(q), budget())) for q in queries for _ in range(5)]
     await asyncio.sleep(0.01)
     env.inner.gate.set()
     results = await asyncio.gather(*tasks)
@@ -304,7 +325,7 @@ async def test_same_arguments_of_different_kinds_do_not_share_a_flight(env: Env)
 
 
 @pytest.mark.parametrize(
-    "error", [Unavailable("gerrit_timeout", "Gerrit did not answer"), RuntimeError("bug in the client")]
+    "error", [Unavailable("gerrit_timeout", "Gerrit did not answer", transient=True), RuntimeError("bug in the client")]
 )
 async def test_owner_error_propagates_to_waiters_and_is_not_cached(env: Env, error: Exception) -> None:
     env.inner.gate = asyncio.Event()
@@ -329,12 +350,12 @@ async def test_owner_error_propagates_to_waiters_and_is_not_cached(env: Env, err
 
 async def test_waiter_is_bounded_by_its_own_deadline(env: Env) -> None:
     env.inner.gate = asyncio.Event()
-    owner = asyncio.create_task(env.cache.account("alice", budget()))
+    owner = asyncio.create_task(env.cache.account(account_key_for("alice"), budget()))
     await asyncio.sleep(0)
 
     started = time.monotonic()
     with pytest.raises(Unavailable) as info:
-        await env.cache.account("alice", budget(0.05))
+        await env.cache.account(account_key_for("alice"), budget(0.05))
     assert time.monotonic() - started < 1.0
     assert info.value.code == "deadline_exceeded"
 
@@ -347,9 +368,9 @@ async def test_owner_cancelled_does_not_cancel_waiters(env: Env) -> None:
     # The owner's caller going away (e.g. Envoy's ext_authz timeout cancelling its Check) must not fail the
     # other Checks that joined its flight.
     env.inner.gate = asyncio.Event()
-    owner = asyncio.create_task(env.cache.account("alice", budget()))
+    owner = asyncio.create_task(env.cache.account(account_key_for("alice"), budget()))
     await asyncio.sleep(0)
-    waiters = [asyncio.create_task(env.cache.account("alice", budget())) for _ in range(5)]
+    waiters = [asyncio.create_task(env.cache.account(account_key_for("alice"), budget())) for _ in range(5)]
     await asyncio.sleep(0.01)
 
     owner.cancel()
@@ -364,10 +385,10 @@ async def test_owner_cancelled_does_not_cancel_waiters(env: Env) -> None:
 
 async def test_waiter_cancelled_leaves_owner_and_others_alone(env: Env) -> None:
     env.inner.gate = asyncio.Event()
-    owner = asyncio.create_task(env.cache.account("alice", budget()))
+    owner = asyncio.create_task(env.cache.account(account_key_for("alice"), budget()))
     await asyncio.sleep(0)
-    leaving = asyncio.create_task(env.cache.account("alice", budget()))
-    staying = asyncio.create_task(env.cache.account("alice", budget()))
+    leaving = asyncio.create_task(env.cache.account(account_key_for("alice"), budget()))
+    staying = asyncio.create_task(env.cache.account(account_key_for("alice"), budget()))
     await asyncio.sleep(0.01)
 
     leaving.cancel()
@@ -392,7 +413,7 @@ async def test_stale_answer_during_outage_within_window(env: Env, kind: str) -> 
     fresh = await lookup(env.cache)
 
     env.clock.advance(ttl + STALE - 0.01)
-    env.inner.error = Unavailable("gerrit_timeout", "Gerrit did not answer within 2.000s")
+    env.inner.error = Unavailable("gerrit_timeout", "Gerrit did not answer within 2.000s", transient=True)
     stale = await lookup(env.cache)
 
     assert stale.source == "stale_cache"
@@ -405,25 +426,57 @@ async def test_stale_window_closed_raises(env: Env) -> None:
     await env.cache.groups(ALICE.id, budget())
 
     env.clock.advance(TTL.groups + STALE)
-    env.inner.error = Unavailable("gerrit_unavailable", "Gerrit unreachable: ConnectError")
+    env.inner.error = Unavailable("gerrit_unavailable", "Gerrit unreachable: ConnectError", transient=True)
     with pytest.raises(Unavailable) as info:
         await env.cache.groups(ALICE.id, budget())
 
     assert info.value.code == "gerrit_unavailable"
 
 
-async def test_negative_entry_is_also_served_stale(env: Env) -> None:
+async def test_negative_entry_is_never_served_stale(env: Env) -> None:
     await env.cache.change("999999", budget())
 
     env.clock.advance(TTL.negative + 1)
-    env.inner.error = Unavailable("gerrit_timeout", "slow")
-    fact = await env.cache.change("999999", budget())
+    env.inner.error = Unavailable("gerrit_timeout", "slow", transient=True)
+    with pytest.raises(Unavailable):
+        await env.cache.change("999999", budget())
 
-    assert (fact.value, fact.source) == (None, "stale_cache")
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        Unavailable("gerrit_auth_failed", "Gerrit refused the service account (401)"),
+        Unavailable("gerrit_error", "Gerrit sent a body that is not JSON"),
+    ],
+)
+async def test_a_definite_failure_never_brings_back_a_stale_allow(env: Env, error: Unavailable) -> None:
+    # Only an outage (unreachable, timeout, 5xx, 429) may be bridged with an expired answer.
+    assert (await env.cache.check_access("platform/build", ALICE.id, "refs/heads/main", "read", budget())).value.allowed
+
+    env.clock.advance(TTL.access + 1)
+    env.inner.error = error
+    with pytest.raises(Unavailable) as info:
+        await env.cache.check_access("platform/build", ALICE.id, "refs/heads/main", "read", budget())
+    assert info.value is error
+
+
+async def test_a_definite_deny_after_an_allow_replaces_it_for_good(env: Env) -> None:
+    await env.cache.check_access("platform/build", ALICE.id, "refs/heads/main", "read", budget())
+    env.clock.advance(TTL.access + 1)
+    env.inner.grants.clear()  # revoked: Gerrit now answers "not allowed"
+    assert not (
+        await env.cache.check_access("platform/build", ALICE.id, "refs/heads/main", "read", budget())
+    ).value.allowed
+
+    # An outage right after: the revoked allow is gone, not waiting in the stale window.
+    env.clock.advance(TTL.negative + 1)
+    env.inner.error = Unavailable("gerrit_timeout", "slow", transient=True)
+    with pytest.raises(Unavailable):
+        await env.cache.check_access("platform/build", ALICE.id, "refs/heads/main", "read", budget())
 
 
 async def test_no_entry_and_unavailable_raises(env: Env) -> None:
-    env.inner.error = Unavailable("gerrit_timeout", "Gerrit did not answer")
+    env.inner.error = Unavailable("gerrit_timeout", "Gerrit did not answer", transient=True)
 
     with pytest.raises(Unavailable) as info:
         await env.cache.check_access("platform/build", ALICE.id, "refs/heads/main", "read", budget())
@@ -444,7 +497,7 @@ async def test_other_errors_are_not_masked_by_stale_entries(env: Env) -> None:
 async def test_recovery_after_outage_refreshes_and_recaches(env: Env) -> None:
     await env.cache.capabilities(ALICE.id, budget())
     env.clock.advance(TTL.capabilities + 1)
-    env.inner.error = Unavailable("gerrit_timeout", "slow")
+    env.inner.error = Unavailable("gerrit_timeout", "slow", transient=True)
     assert (await env.cache.capabilities(ALICE.id, budget())).source == "stale_cache"
 
     env.inner.error = None
@@ -481,8 +534,8 @@ async def test_credentials_never_appear_in_the_store(env: Env) -> None:
         "wrong-password",
     ):
         assert secret not in dump
-    # The verified one is indexed by account id (credref) so invalidating the account revokes it.
-    assert {key.split("|")[0] for key in env.stored_keys()} == {"credentials", "credref", "alias"}
+    # The verified one is referred to by account id (a ref) so invalidating the account revokes it.
+    assert {key.split("|")[0] for key in env.stored_keys()} == {"credentials", "ref", "alias"}
 
 
 async def test_wrong_password_does_not_ride_on_a_cached_right_one(env: Env) -> None:
@@ -516,7 +569,7 @@ async def test_credential_keys_depend_on_the_secret() -> None:
 async def fill(env: Env) -> None:
     c = env.cache
     for query in ("alice", "alice@example.com", "bob"):
-        await c.account(query, budget())
+        await c.account(account_key_for(query), budget())
     for account in (ALICE, BOB):
         await c.groups(account.id, budget())
         await c.capabilities(account.id, budget())
@@ -535,17 +588,22 @@ async def test_invalidate_account_by_id_drops_its_facts(env: Env) -> None:
     removed = await env.cache.invalidate(account=str(ALICE.id))
 
     gone = set(before) - set(env.stored_keys())
-    (credref,) = [k for k in before if k.startswith("credref|a=1000001|")]
+    refs = {k for k in before if k.startswith("ref|a=1000001|")}
+    (credential,) = [k for k in before if k.startswith("credentials|")]
     assert gone == {
         "groups|a=1000001|",
         "capabilities|a=1000001|",
         "access|a=1000001|p=platform/build|r=refs/heads/main|perm=read|",
         "access|a=1000001|p=platform/build-tools|r=refs/heads/main|perm=read|",
         "access|a=1000001|p=platform|r=refs/heads/main|perm=read|",
+        # Every identity mapping to her, by any claim: gone with the account, not when ttl.account runs out.
+        "account|f=username|q=alice|",
+        "account|f=email|q=alice@example.com|",
         # Her verified password: revoked with the account, not when ttl.credentials runs out.
-        credref,
-        "credentials|" + credref.split("|", 2)[2],
+        credential,
+        *refs,
     }
+    assert len(refs) == 3
     assert removed == len(gone)
     # Bob's facts stay, and are still answered from the cache.
     assert (await env.cache.groups(BOB.id, budget())).source == "cache"
@@ -560,7 +618,8 @@ async def test_invalidate_account_by_name_also_drops_groups_and_access(env: Env,
     removed = await env.cache.invalidate(account=query)
 
     gone = set(before) - set(env.stored_keys())
-    assert f"account|q={query}|" in gone
+    # Both of her identity mappings, whichever name was given.
+    assert {"account|f=username|q=alice|", "account|f=email|q=alice@example.com|"} <= gone
     assert {"groups|a=1000001|", "capabilities|a=1000001|"} <= gone
     assert {k for k in gone if k.startswith("access|")} == {k for k in before if k.startswith("access|a=1000001|")}
     assert not any("1000002" in k or "bob" in k for k in gone)
@@ -643,7 +702,7 @@ async def test_pipe_in_a_value_cannot_forge_a_tag(env: Env) -> None:
 
     assert await env.cache.invalidate(account=str(BOB.id)) == 1
     assert await env.cache.invalidate(project="platform/build") == 0
-    (key,) = env.stored_keys()
+    (key,) = [k for k in env.stored_keys() if not k.startswith("parent|")]
     assert key.count("|") == 5  # kind + exactly four tags
     assert f"|a={BOB.id}|" not in key
 

@@ -25,7 +25,7 @@ ALICE_TOKEN = {"authorization": "Test alice@example.com"}
 BOB_TOKEN = {"authorization": "Test bob@example.com"}
 STRANGER_TOKEN = {"authorization": "Test stranger@example.com"}
 
-OUTAGE = Unavailable("gerrit_unavailable", "Gerrit timed out")
+OUTAGE = Unavailable("gerrit_unavailable", "Gerrit timed out", transient=True)
 
 # The example configuration's rules (examples/config.yaml), as YAML-shaped mappings.
 EXAMPLE_RULES: list[dict[str, Any]] = [

@@ -8,22 +8,25 @@ from typing import Any, ClassVar
 import pytest
 from _support.factories import FakeFacts, make_change
 
+from authz_server._accounts import AccountKey
 from authz_server._deadline import Deadline
 from authz_server._evaluate import Context, Result, TraceEntry, evaluate
 from authz_server._facts import AccessResult, Account, Group, LabelVotes
 from authz_server._identity import ANONYMOUS, Identity, Principal
 from authz_server._requirements import parse_requirement
-from authz_server.errors import AuthzError, Unauthenticated, Unavailable
+from authz_server.errors import AuthzError, PermissionDenied, Unauthenticated, Unavailable
 
 ALICE = Account(1000001, "alice", "alice@example.com", "Alice")
 ALICE_ID = Identity(Principal("test_token", "alice", account=ALICE), ALICE, "gerrit")
-NO_ACCOUNT = Identity(Principal("test_token", "nobody@example.com", account_query="nobody@example.com"))
+NO_ACCOUNT = Identity(
+    Principal("test_token", "nobody@example.com", account_key=AccountKey("email", "nobody@example.com"))
+)
 BAD_TOKEN = Identity(error=Unauthenticated("invalid_token", "bad signature"))
 
 RELEASE_MANAGERS = Group("6a1e70e1a88782771a91808c8af9bbb7a9871389", "release-managers")
 ADMINISTRATORS = Group("a0000000000000000000000000000000000000aa", "Administrators")
 
-OUTAGE = Unavailable("gerrit_unavailable", "Gerrit timed out", detail="ReadTimeout after 2.0s")
+OUTAGE = Unavailable("gerrit_unavailable", "Gerrit timed out", detail="ReadTimeout after 2.0s", transient=True)
 
 
 def facts_for_alice(**overrides: Any) -> FakeFacts:
@@ -198,15 +201,23 @@ class TestIdentityStates:
         result, trace = await run(require, facts, BAD_TOKEN)
         assert result.ok is None
         assert isinstance(result.error, Unauthenticated)
-        assert trace[0].result == "error"
+        assert trace[0].result == "undecided"
         assert facts.calls == []
 
     @pytest.mark.parametrize("require", [{"group": "g"}, {"capability": "c"}, {"change": {"id": "1"}}])
-    async def test_anonymous_fails_gerrit_requirements_with_login_helps(self, require: Any) -> None:
+    async def test_anonymous_is_undecided_at_gerrit_requirements_and_login_helps(self, require: Any) -> None:
         facts = facts_for_alice()
-        result, _ = await run(require, facts, ANONYMOUS)
-        assert (result.ok, result.login_helps) == (False, True)
+        for tree in (require, {"not": require}, {"any": [{"not": require}, UNSAT]}):
+            result, _ = await run(tree, facts, ANONYMOUS)
+            assert result.ok is None, tree
+            assert isinstance(result.error, Unauthenticated) and result.error.code == "missing_credentials"
         assert facts.calls == []
+
+    async def test_anonymous_is_plainly_not_authenticated(self) -> None:
+        result, _ = await run({"not": "authenticated"}, identity=ANONYMOUS)
+        assert result.ok is True
+        result, _ = await run("authenticated", identity=ANONYMOUS)
+        assert (result.ok, result.login_helps) == (False, True)
 
     @pytest.mark.parametrize(
         "require",
@@ -217,11 +228,13 @@ class TestIdentityStates:
             {"change": {"id": "1"}},
         ],
     )
-    async def test_no_gerrit_account_fails_every_gerrit_requirement(self, require: Any) -> None:
+    async def test_no_gerrit_account_is_undecided_at_every_gerrit_requirement(self, require: Any) -> None:
         facts = facts_for_alice()
-        result, _ = await run(require, facts, NO_ACCOUNT)
-        assert (result.ok, result.login_helps) == (False, False)
-        assert "nobody@example.com has no Gerrit account" in result.reason
+        for tree in (require, {"not": require}, {"any": [{"not": require}, UNSAT]}):
+            result, _ = await run(tree, facts, NO_ACCOUNT)
+            assert result.ok is None, tree
+            assert isinstance(result.error, PermissionDenied) and result.error.code == "requirement_failed"
+            assert "nobody@example.com has no Gerrit account" in result.reason
         assert facts.calls == []
 
     async def test_gerrit_outage_is_an_error_naming_the_requirement(self) -> None:
@@ -229,7 +242,7 @@ class TestIdentityStates:
         assert result.ok is None
         assert result.error is OUTAGE
         assert "group 'release-managers'" in result.reason and "Gerrit timed out" in result.reason
-        assert (trace[0].result, trace[0].detail) == ("error", "ReadTimeout after 2.0s")
+        assert (trace[0].result, trace[0].detail) == ("undecided", "ReadTimeout after 2.0s")
 
 
 class TestCombinators:
@@ -288,10 +301,11 @@ class TestCombinators:
 
     async def test_any_of_anonymous_failures_still_says_login_helps(self) -> None:
         result, _ = await run({"any": [SAT, UNSAT]}, identity=ANONYMOUS)
-        assert (result.ok, result.login_helps) == (False, True)
+        assert result.ok is None
+        assert isinstance(result.error, Unauthenticated)
 
     async def test_any_without_a_satisfied_child_returns_the_original_error(self) -> None:
-        error: AuthzError = Unavailable("gerrit_timeout", "slow")
+        error: AuthzError = Unavailable("gerrit_timeout", "slow", transient=True)
         result, _ = await run({"any": [UNSAT, {"group": "x"}]}, facts_for_alice(errors={"groups": error}))
         assert result.error is error
 
@@ -320,7 +334,7 @@ class TestTrace:
     async def test_error_entries(self) -> None:
         _, trace = await run({"any": [ERR, UNSAT]}, combinator_facts())
         assert [(t.kind, t.result) for t in trace] == [
-            ("any", "error"),
-            ("change", "error"),
+            ("any", "undecided"),
+            ("change", "undecided"),
             ("capability", "unsatisfied"),
         ]

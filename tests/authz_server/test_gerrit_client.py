@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from authz_server._accounts import AccountKey
 from authz_server._deadline import Deadline
 from authz_server._facts import AccessResult, Account, Group, LabelVotes
 from authz_server._gerrit import GerritClient, make_http_client
@@ -89,6 +90,13 @@ def budget(seconds: float = 10.0) -> Deadline:
 
 ALICE = {"_account_id": 1000001, "name": "Alice", "email": "alice@example.com", "username": "alice"}
 ALICE_ACCOUNT = Account(id=1000001, username="alice", email="alice@example.com", name="Alice")
+ALICE_EMAIL = AccountKey("email", "alice@example.com")
+ALICE_USERNAME = AccountKey("username", "alice")
+
+
+def alice(request: httpx.Request) -> httpx.Response:
+    """Gerrit answering for alice: a query gets a list, anything else her AccountInfo."""
+    return gerrit_json([ALICE] if request.url.params.get("q") else ALICE)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -96,47 +104,79 @@ ALICE_ACCOUNT = Account(id=1000001, username="alice", email="alice@example.com",
 # ---------------------------------------------------------------------------------------------------------------
 
 
-async def test_account_lookup_goes_to_authenticated_prefix_as_service_account(make_client: MakeClient) -> None:
-    client, fake = make_client(lambda r: gerrit_json(ALICE))
+async def test_account_lookup_is_a_query_by_the_one_field_as_service_account(make_client: MakeClient) -> None:
+    client, fake = make_client(alice)
 
-    fact = await client.account("alice@example.com", budget())
+    fact = await client.account(ALICE_EMAIL, budget())
 
     assert fact.value == ALICE_ACCOUNT
     assert fact.source == "gerrit"
     request = fake.last
     assert request.method == "GET"
-    assert request.url.scheme == "https"
-    assert request.url.host == "gerrit.example.org"
-    assert request.url.raw_path == b"/r/a/accounts/alice@example.com"
+    assert (request.url.scheme, request.url.host, request.url.path) == ("https", "gerrit.example.org", "/r/a/accounts/")
+    # Never GET /accounts/{value}: Gerrit's free-form resolver would read "self", ids, "Name <email>", ...
+    assert request.url.params.get_list("q") == ['email:"alice@example.com"']
     assert request.headers["authorization"] == SERVICE_AUTH
     assert "cookie" not in request.headers
 
+    await client.account(ALICE_USERNAME, budget())
+    assert fake.last.url.params.get_list("q") == ['username:"alice"']
+
+
+async def test_account_by_id_asks_for_that_id_only(make_client: MakeClient) -> None:
+    client, fake = make_client(alice)
+
+    assert (await client.account(AccountKey("account_id", "1000001"), budget())).value == ALICE_ACCOUNT
+    assert fake.last.url.raw_path == b"/r/a/accounts/1000001"
+    # Gerrit answering with another account (its resolver may fall back to a username) is no account.
+    assert (await client.account(AccountKey("account_id", "1000002"), budget())).value is None
+
+
+@pytest.mark.parametrize(
+    ("key", "answer"),
+    [
+        # Gerrit's email: operator matches prefixes and any case; username: any case.
+        pytest.param(AccountKey("email", "alice@example"), [ALICE], id="email-prefix"),
+        pytest.param(AccountKey("email", "lice@example.com"), [ALICE], id="email-suffix"),
+        pytest.param(AccountKey("username", "ALICE"), [ALICE], id="username-case"),
+        pytest.param(AccountKey("username", "alic"), [ALICE], id="username-prefix"),
+        pytest.param(AccountKey("email", "alice@example.com"), [ALICE, {**ALICE, "_account_id": 7}], id="two"),
+        pytest.param(AccountKey("email", "alice@example.com"), [{**ALICE, "inactive": True}], id="inactive"),
+        pytest.param(AccountKey("email", "alice@example.com"), [{**ALICE, "email": "x@example.com"}], id="other"),
+    ],
+)
+async def test_account_must_really_carry_the_value(make_client: MakeClient, key: AccountKey, answer: Any) -> None:
+    client, _ = make_client(lambda r: gerrit_json(answer))
+
+    fact = await client.account(key, budget())
+
+    assert fact.value is None
+
+
+async def test_email_matches_without_regard_to_case(make_client: MakeClient) -> None:
+    client, _ = make_client(alice)
+
+    assert (await client.account(AccountKey("email", "Alice@Example.COM"), budget())).value == ALICE_ACCOUNT
+
 
 async def test_xssi_prefix_is_stripped_with_and_without_newline(make_client: MakeClient) -> None:
-    body = json.dumps(ALICE).encode()
+    body = json.dumps([ALICE]).encode()
     bodies = iter([b")]}'\n" + body, b")]}'" + body, body])
     client, _ = make_client(lambda r: httpx.Response(200, content=next(bodies)))
 
     for _ in range(3):
-        assert (await client.account("alice", budget())).value == ALICE_ACCOUNT
+        assert (await client.account(ALICE_USERNAME, budget())).value == ALICE_ACCOUNT
 
 
-async def test_account_query_is_path_encoded(make_client: MakeClient) -> None:
-    client, fake = make_client(lambda r: gerrit_json(ALICE))
+@pytest.mark.parametrize("status", [400, 404, 409, 422])
+async def test_a_definite_refusal_is_no_account_not_an_outage(make_client: MakeClient, status: int) -> None:
+    client, fake = make_client(lambda r: text(status, "Not found: nobody"))
 
-    await client.account("al ice+tag/x@example.com", budget())
-
-    assert fake.last.url.raw_path == b"/r/a/accounts/al%20ice%2Btag%2Fx@example.com"
-
-
-async def test_account_not_found_is_none(make_client: MakeClient) -> None:
-    client, fake = make_client(lambda r: text(404, "Not found: nobody"))
-
-    fact = await client.account("nobody", budget())
+    fact = await client.account(AccountKey("account_id", "1000009"), budget())
 
     assert fact.value is None
-    assert "nobody" in fact.detail
-    assert fake.last.url.raw_path == b"/r/a/accounts/nobody"
+    assert "Not found: nobody" in fact.detail
+    assert fake.last.url.raw_path == b"/r/a/accounts/1000009"
 
 
 async def test_groups_are_parsed_and_ids_unquoted(make_client: MakeClient) -> None:
@@ -321,10 +361,10 @@ async def test_verify_credentials_refused_is_none(make_client: MakeClient, statu
 
 
 async def test_service_account_is_used_again_after_verifying_a_caller(make_client: MakeClient) -> None:
-    client, fake = make_client(lambda r: gerrit_json(ALICE))
+    client, fake = make_client(alice)
 
     await client.verify_credentials("alice", "alice-http-pw", budget())
-    await client.account("alice", budget())
+    await client.account(ALICE_USERNAME, budget())
 
     assert [r.headers["authorization"] for r in fake.requests] == [basic("alice", "alice-http-pw"), SERVICE_AUTH]
 
@@ -333,14 +373,14 @@ async def test_set_cookie_from_gerrit_is_never_sent_back(make_client: MakeClient
     cookie = "GerritAccount=aSceprt7Jmx0AMJ3E8ymL4AfRdSiL; Path=/; Domain=gerrit.example.org; Secure; HttpOnly"
 
     def handler(request: httpx.Request) -> httpx.Response:
-        body: Any = [] if request.url.path.endswith("/groups") else ALICE
+        body: Any = [] if request.url.path.endswith(("/groups", "/accounts/")) else ALICE
         return gerrit_json(body, headers={"set-cookie": cookie})
 
     client, fake = make_client(handler)
 
     # A caller's login could hand out a session cookie; it must not ride along on anybody else's request.
     await client.verify_credentials("alice", "alice-http-pw", budget())
-    await client.account("bob", budget())
+    await client.account(AccountKey("username", "bob"), budget())
     await client.groups(1000001, budget())
     await client.verify_credentials("mallory", "guess", budget())
 
@@ -375,7 +415,7 @@ async def test_transport_failures_are_unavailable(
     client, fake = make_client(handler)
 
     with pytest.raises(Unavailable) as info:
-        await client.account("alice", budget())
+        await client.account(ALICE_USERNAME, budget())
 
     assert info.value.code == code
     assert info.value.family == "unavailable"
@@ -407,21 +447,32 @@ async def test_server_error_keeps_gerrit_text_as_detail(make_client: MakeClient)
     assert "500" in info.value.reason
 
 
-async def test_unexpected_status_on_lookup_without_not_found_is_gerrit_error(make_client: MakeClient) -> None:
-    client, _ = make_client(lambda r: text(404, "Not found: 1000001"))
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+async def test_5xx_and_429_are_transient_outages(make_client: MakeClient, status: int) -> None:
+    client, _ = make_client(lambda r: text(status, "try later"))
 
     with pytest.raises(Unavailable) as info:
-        await client.groups(1000001, budget())
+        await client.check_access("p", 1000001, "refs/heads/main", "read", budget())
 
-    assert info.value.code == "gerrit_error"
-    assert "Not found: 1000001" in info.value.detail
+    assert (info.value.code, info.value.transient) == ("gerrit_error", True)
+
+
+@pytest.mark.parametrize("status", [400, 404, 409, 422])
+async def test_a_definite_4xx_is_a_negative_answer(make_client: MakeClient, status: int) -> None:
+    client, _ = make_client(lambda r: text(status, "bad request: invalid ref"))
+
+    access = await client.check_access("p", 1000001, "refs/heads/main", "read", budget())
+    assert access.value.allowed is False
+    assert (await client.groups(1000001, budget())).value == ()
+    assert (await client.capabilities(1000001, budget())).value == frozenset()
+    assert (await client.change("4711", budget())).value is None
 
 
 async def test_non_json_body_is_gerrit_error(make_client: MakeClient) -> None:
     client, _ = make_client(lambda r: httpx.Response(200, text="<html>login page</html>"))
 
     with pytest.raises(Unavailable) as info:
-        await client.account("alice", budget())
+        await client.account(ALICE_USERNAME, budget())
 
     assert info.value.code == "gerrit_error"
 
@@ -430,7 +481,7 @@ async def test_non_json_body_is_gerrit_error(make_client: MakeClient) -> None:
 @pytest.mark.parametrize(
     "lookup",
     [
-        pytest.param(lambda c, d: c.account("alice", d), id="account"),
+        pytest.param(lambda c, d: c.account(ALICE_USERNAME, d), id="account"),
         pytest.param(lambda c, d: c.groups(1000001, d), id="groups"),
         pytest.param(lambda c, d: c.check_access("p", 1000001, "refs/heads/main", "read", d), id="access"),
         pytest.param(lambda c, d: c.capabilities(1000001, d), id="capabilities"),
@@ -454,19 +505,19 @@ async def test_service_account_refused_is_auth_failed(make_client: MakeClient, s
 
 
 async def test_spent_deadline_makes_no_request(make_client: MakeClient) -> None:
-    client, fake = make_client(lambda r: gerrit_json(ALICE))
+    client, fake = make_client(alice)
 
     with pytest.raises(Unavailable) as info:
-        await client.account("alice", Deadline(time.monotonic() - 0.001))
+        await client.account(ALICE_USERNAME, Deadline(time.monotonic() - 0.001))
 
     assert info.value.code == "deadline_exceeded"
     assert fake.requests == []
 
 
 async def test_timeout_is_the_config_timeout_when_the_budget_is_larger(make_client: MakeClient) -> None:
-    client, fake = make_client(lambda r: gerrit_json(ALICE))
+    client, fake = make_client(alice)
 
-    await client.account("alice", budget(30.0))
+    await client.account(ALICE_USERNAME, budget(30.0))
 
     timeout = fake.last.extensions["timeout"]
     assert set(timeout) == {"connect", "read", "write", "pool"}
@@ -489,7 +540,7 @@ async def test_timeout_is_the_remaining_budget_when_that_is_smaller(make_client:
 @pytest.mark.parametrize(
     ("call", "body"),
     [
-        (lambda c: c.account("alice", budget()), {"name": "no id"}),
+        (lambda c: c.account(ALICE_USERNAME, budget()), [{"name": "no id"}]),
         (lambda c: c.groups(1, budget()), {"not": "a list"}),
         (lambda c: c.capabilities(1, budget()), ["not", "a", "map"]),
         (lambda c: c.change("1", budget()), {"labels": {}}),

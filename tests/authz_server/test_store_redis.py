@@ -19,6 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 from _support.redis import RedisServer, redis_binary
 
+from authz_server._accounts import AccountKey
 from authz_server._cache import CachedGerrit
 from authz_server._deadline import Deadline
 from authz_server._facts import CODECS, AccessResult, Account, ChangeInfo, Fact, Group, LabelVotes
@@ -118,6 +119,10 @@ def budget(seconds: float = 10.0) -> Deadline:
     return Deadline.after(seconds)
 
 
+def account_key_for(value: str) -> AccountKey:
+    return AccountKey("email" if "@" in value else "username", value)
+
+
 class FakeGerrit:
     """A counting GerritFacts; ``error`` makes it unavailable."""
 
@@ -136,7 +141,8 @@ class FakeGerrit:
     def total(self) -> int:
         return sum(self.calls.values())
 
-    async def account(self, query: str, deadline: Deadline) -> Fact[Account | None]:
+    async def account(self, key: AccountKey, deadline: Deadline) -> Fact[Account | None]:
+        query = key.value
         return await self._answer("account", ALICE if query in ("alice", "alice@example.com", "1000001") else None)
 
     async def verify_credentials(self, username: str, password: str, deadline: Deadline) -> Fact[Account | None]:
@@ -161,10 +167,13 @@ class FakeGerrit:
     async def change(self, change_id: str, deadline: Deadline) -> Fact[ChangeInfo | None]:
         return await self._answer("change", CHANGE if change_id == "4711" else None)
 
+    async def project_parent(self, project: str, deadline: Deadline) -> str | None:
+        return None if project == "All-Projects" else "All-Projects"  # a flat tree
+
 
 def replica(store: RedisStore) -> tuple[CachedGerrit, FakeGerrit]:
     inner = FakeGerrit()
-    return CachedGerrit(inner, store, TTL, stale_if_error=300, secret=SECRET), inner
+    return CachedGerrit(inner, store, TTL, stale_if_error=300, secret=SECRET, tree=inner), inner
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -344,8 +353,8 @@ async def test_codecs_round_trip_through_redis(make_store: MakeStore, kind: str)
 
 
 REPLICA_LOOKUPS: dict[str, Callable[[CachedGerrit], Any]] = {
-    "account": lambda c: c.account("alice@example.com", budget()),
-    "account-negative": lambda c: c.account("nobody", budget()),
+    "account": lambda c: c.account(account_key_for("alice@example.com"), budget()),
+    "account-negative": lambda c: c.account(account_key_for("nobody"), budget()),
     "credentials": lambda c: c.verify_credentials("alice", ALICE_PASSWORD, budget()),
     "credentials-negative": lambda c: c.verify_credentials("alice", "wrong", budget()),
     "groups": lambda c: c.groups(ALICE.id, budget()),
@@ -401,8 +410,8 @@ async def test_invalidate_on_a_is_seen_by_b(make_store: MakeStore) -> None:
         assert (await lookup(b)).source == "cache"
     assert inner_b.total == 0
 
-    # account, its alias, groups, capabilities, access x2, and her verified password with its credref
-    assert await a.invalidate(account="alice@example.com") == 8
+    # account, its alias, groups, capabilities, access x2, her verified password, and the refs to both
+    assert await a.invalidate(account="alice@example.com") == 9
     assert (await REPLICA_LOOKUPS["credentials"](b)).source == "gerrit"
     assert (await b.groups(ALICE.id, budget())).source == "gerrit"
     assert (await b.capabilities(ALICE.id, budget())).source == "gerrit"
@@ -449,7 +458,7 @@ async def test_stale_entry_is_shared_during_an_outage(make_store: MakeStore) -> 
     await a.groups(ALICE.id, budget())
 
     now[0] += TTL.groups + 1
-    inner_b.error = Unavailable("gerrit_timeout", "Gerrit did not answer")
+    inner_b.error = Unavailable("gerrit_timeout", "Gerrit did not answer", transient=True)
     fact = await b.groups(ALICE.id, budget())
 
     assert fact.source == "stale_cache"
@@ -488,7 +497,7 @@ async def test_redis_killed_and_gerrit_down_is_unavailable_not_allow(
     await REPLICA_LOOKUPS["access"](cache)
 
     own_redis.kill()
-    inner.error = Unavailable("gerrit_unavailable", "Gerrit unreachable: ConnectError")
+    inner.error = Unavailable("gerrit_unavailable", "Gerrit unreachable: ConnectError", transient=True)
 
     with pytest.raises(Unavailable) as info:
         await REPLICA_LOOKUPS["access"](cache)
@@ -532,7 +541,7 @@ async def test_unreachable_redis_from_the_start(make_store: MakeStore) -> None:
     cache, inner = replica(store)
 
     started = time.monotonic()
-    fact = await cache.account("alice", budget())
+    fact = await cache.account(account_key_for("alice"), budget())
 
     assert (fact.source, fact.value) == ("gerrit", ALICE)
     assert time.monotonic() - started < 2 * OP_TIMEOUT + 0.5
