@@ -24,7 +24,7 @@ _MAX_LENGTH = 254  # the longest valid email address (RFC 5321 path limit)
 # Printable, no white space, nothing Gerrit's resolver or query parser gives a meaning: <>() "Name <email>",
 # "Name (id)"; quotes and backslash (query syntax); '/' and '%' (the URL); ',' ';' ':' (lists, schemes).
 _EMAIL = re.compile(r"[^\s<>()\"\\/%,;:@]+@[^\s<>()\"\\/%,;:@]+")
-_USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]*")
+_USERNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._@+-]*[A-Za-z0-9])?")
 _ACCOUNT_ID = re.compile(r"[1-9][0-9]{0,9}")
 _SPECIAL = frozenset({"self", "me"})
 
@@ -43,7 +43,7 @@ def account_key(field: AccountField, value: object) -> AccountKey | None:
         # Non-ASCII emails and usernames exist in principle, but Gerrit's index folds them in ways that cannot be
         # checked here; refusing them means "no account" (a 403), never a wrong one.
         return None
-    if value.lower() in _SPECIAL or value.strip(".") == "":
+    if not value.isprintable() or value.lower() in _SPECIAL or value.strip(".") == "":
         return None
     if field == "email":
         ok = _EMAIL.fullmatch(value) is not None and not value.startswith(".") and ".." not in value

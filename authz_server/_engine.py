@@ -76,7 +76,7 @@ class Authorizer:
                 error = type(error)(error.code, f"rule {rule.name!r}: {result.reason}", detail=error.detail)
         elif not result.ok:
             reason = f"rule {rule.name!r}: {result.reason}"
-            if result.login_helps:
+            if identity.principal is None and identity.error is None:  # anonymous: logging in may help
                 error = Unauthenticated("missing_credentials", reason)
             else:
                 error = PermissionDenied("requirement_failed", reason)

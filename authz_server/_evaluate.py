@@ -60,7 +60,6 @@ class Result:
     ok: bool | None  # None: undecided, and ``error`` says why
     error: AuthzError | None = None
     reason: str = ""  # the first unmet requirement, for the deny body
-    login_helps: bool = False  # unsatisfied because nobody is logged in: a 401, not a 403
 
 
 def _undecided(error: AuthzError, reason: str) -> Result:
@@ -151,7 +150,7 @@ def _combine(req: All | Any_ | Not, results: list[Result]) -> Result:
         return min(undecided, key=_rank)
     if decisive:  # any: nothing satisfied
         reasons = "; ".join(r.reason for r in results if r.reason)
-        return Result(False, reason=f"none of: {reasons}", login_helps=any(r.login_helps for r in results))
+        return Result(False, reason=f"none of: {reasons}")
     return Result(True)
 
 
@@ -171,7 +170,7 @@ async def _leaf(req: Requirement, values: tuple[str, ...], target: str, ctx: Con
     label = f"{_KIND[type(req)]} {target!r}" if target else _KIND[type(req)]
     if identity.principal is None:
         if isinstance(req, Authenticated):
-            return Result(False, reason=f"{label}: no credential", login_helps=True), "", ""
+            return Result(False, reason=f"{label}: no credential"), "", ""
         reason = f"{label}: no credential"
         return _undecided(Unauthenticated("missing_credentials", reason), reason), "", ""
     if isinstance(req, Authenticated):

@@ -739,3 +739,78 @@ async def test_percent_and_pipe_values_are_invalidated_by_their_own_name(env: En
     assert await env.cache.invalidate(project="a|b") == 1
     assert await env.cache.invalidate(project="a%b") == 1
     assert env.stored_keys() == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bounded memory, change spellings, invalidation racing a lookup, the project tree
+# ---------------------------------------------------------------------------------------------------------------
+
+
+async def test_memory_store_keeps_at_most_max_entries_least_recently_used_first() -> None:
+    store = MemoryStore(max_entries=100)
+    for i in range(100):
+        await store.set(f"k{i}", i, 60)
+    assert await store.get("k0") == 0  # k0 is now the most recently used
+    for i in range(100, 150):
+        await store.set(f"k{i}", i, 60)
+
+    assert len(store) == 100
+    assert await store.get("k0") == 0
+    assert await store.get("k1") is None  # evicted: least recently used
+    assert await store.get("k149") == 149
+    await store.close()
+
+
+async def test_a_stream_of_bogus_credentials_cannot_grow_the_cache_past_its_bound() -> None:
+    store = MemoryStore(max_entries=200)
+    cache = CachedGerrit(FakeGerrit(), store, TTL, stale_if_error=STALE, secret=SECRET)
+    for i in range(2000):
+        assert (await cache.verify_credentials(f"user{i}", "guess", budget())).value is None
+    assert len(store) <= 200
+    await store.close()
+
+
+async def test_a_change_cached_under_another_spelling_is_invalidated_by_its_number(env: Env) -> None:
+    env.inner.changes["platform/build~4711"] = env.inner.changes["4711"]
+    await env.cache.change("platform/build~4711", budget())
+
+    assert await env.cache.invalidate(change="4711") == 2  # the entry and its ref
+    assert (await env.cache.change("platform/build~4711", budget())).source == "gerrit"
+
+
+async def test_an_answer_fetched_across_an_invalidation_is_not_kept(env: Env) -> None:
+    env.inner.gate = asyncio.Event()
+    lookup = asyncio.create_task(env.cache.groups(ALICE.id, budget()))
+    await asyncio.sleep(0.01)  # the lookup is at Gerrit
+    await env.cache.invalidate(group="Developers")  # Gerrit changed meanwhile
+    env.inner.gate.set()
+    assert (await lookup).source == "gerrit"  # the caller gets its answer...
+
+    assert (await env.cache.groups(ALICE.id, budget())).source == "gerrit"  # ...but it was not cached
+
+
+async def test_invalidating_a_project_drops_its_descendants_and_keeps_the_rest(env: Env) -> None:
+    env.inner.parents |= {"platform/build/docs": "platform/build", "other": "All-Projects"}
+    for project in ("platform", "platform/build", "platform/build/docs", "platform/build-tools", "other"):
+        await env.cache.check_access(project, ALICE.id, "refs/heads/main", "read", budget())
+
+    removed = await env.cache.invalidate(project="platform")
+
+    kept = {k.split("|p=")[1].split("|")[0] for k in env.stored_keys() if k.startswith("access|")}
+    assert kept == {"other"}
+    assert removed == 4
+
+
+async def test_a_parent_that_cannot_be_learned_drops_the_answer_rather_than_keep_it(env: Env) -> None:
+    env.inner.parents["unknown/child"] = None  # Gerrit times out telling its parent
+    await env.cache.check_access("unknown/child", ALICE.id, "refs/heads/main", "read", budget())
+
+    assert await env.cache.invalidate(project="platform") == 1
+
+
+async def test_invalidating_all_projects_drops_every_access_answer_and_capabilities(env: Env) -> None:
+    await fill(env)
+    await env.cache.invalidate(project="All-Projects")
+
+    assert not [k for k in env.stored_keys() if k.startswith(("access|", "capabilities|"))]
+    assert env.inner.parent_calls == []  # no tree walk needed

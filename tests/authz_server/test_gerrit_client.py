@@ -6,6 +6,7 @@ the Authorization header (service account vs. the caller's own credentials), coo
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -551,3 +552,43 @@ async def test_unexpected_json_shape_is_unavailable_not_a_crash(make_client: Mak
     with pytest.raises(Unavailable) as err:
         await call(client)
     assert err.value.code == "gerrit_error"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A real, trickling Gerrit: the whole call is bounded, not each read
+# ---------------------------------------------------------------------------------------------------------------
+
+
+async def test_a_trickling_gerrit_is_cut_off_at_the_budget_not_per_read() -> None:
+    """A real loopback server that sends headers at once, then one body byte every 0.2 s: httpx's read timeout
+    (0.5 s here) never fires, so only the total bound ends the call."""
+    sent = asyncio.Event()
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n")
+        try:
+            for _ in range(1000):
+                writer.write(b" ")
+                await writer.drain()
+                sent.set()
+                await asyncio.sleep(0.2)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with make_http_client() as http:
+        client = GerritClient(f"http://127.0.0.1:{port}/", SERVICE_USER, SERVICE_PASSWORD, http, timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(Unavailable) as info:
+            await client.groups(1000001, budget(1.0))
+        elapsed = time.monotonic() - started
+    server.close()
+    await server.wait_closed()
+
+    assert sent.is_set()  # the body really was trickling
+    assert (info.value.code, info.value.transient) == ("gerrit_timeout", True)
+    assert elapsed < 1.0  # the config timeout (0.5 s) bounded the whole call, not each byte
