@@ -79,10 +79,10 @@ if [[ -n "${SKIP_QUICKSTART_CLONE:-}" ]]; then
   echo "install-check: SKIP_QUICKSTART_CLONE set: the bare-clone quickstart was not run"
   exit 0
 fi
-# The bare clone: committed files only, and nothing beside it (no ../shared, no dev venv).
+# The bare clone: committed files only, in a directory that holds nothing else (no sibling checkout, no dev venv).
 mkdir "$work/alone"
 git clone --quiet "$repo" "$work/alone/gerrit-authz"
-[[ ! -e "$work/alone/shared" ]] || fail "something sits beside the clone"
+[[ "$(ls -A "$work/alone")" == "gerrit-authz" ]] || fail "something sits beside the clone"
 echo "install-check: scripts/quickstart.sh from a bare clone"
 (cd "$work/alone/gerrit-authz" && timeout 900 scripts/quickstart.sh >"$work/quickstart.out" 2>&1) \
   || { tail -n 60 "$work/quickstart.out" >&2; fail "quickstart from a bare clone failed"; }
