@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 __all__ = [
+    "KINDS",
     "All",
     "Any_",
     "Anyone",
@@ -38,6 +39,8 @@ __all__ = [
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _CHANGE_STATUSES = frozenset({"NEW", "MERGED", "ABANDONED"})
+#: The mapping kinds of the language (besides the words ``anyone`` and ``authenticated``).
+KINDS = frozenset({"group", "permission", "capability", "change", "all", "any", "not"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +97,24 @@ Requirement: TypeAlias = Anyone | Authenticated | Group | Permission | Capabilit
 
 
 class RequirementError(ValueError):
-    """A requirement that cannot be parsed; ``path`` is relative to the ``require`` key."""
+    """A requirement that cannot be parsed; ``path`` is relative to the ``require`` key.
 
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}" if path else reason)
+    ``problems`` lists every ``(path, reason)`` found (the first is ``path``/``reason``), so that a config check
+    names each unknown key at once; the message has one ``path: reason`` line per problem.
+    """
+
+    def __init__(self, path: str, reason: str, *, more: tuple[tuple[str, str], ...] = ()) -> None:
+        self.problems = ((path, reason), *more)
+        super().__init__("\n".join(f"{p}: {r}" if p else r for p, r in self.problems))
         self.path = path
         self.reason = reason
+
+    @classmethod
+    def combine(cls, errors: list[RequirementError]) -> RequirementError:
+        """One error carrying the problems of all ``errors`` (which must not be empty)."""
+        problems = [problem for error in errors for problem in error.problems]
+        (path, reason), *more = problems
+        return cls(path, reason, more=tuple(more))
 
 
 def _sub(path: str, key: str | int) -> str:
@@ -115,18 +130,26 @@ def _string(value: Any, path: str) -> str:
 def _mapping(value: Any, path: str, required: set[str], optional: set[str]) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise RequirementError(path, "must be a mapping")
-    for key in value:
-        if key not in required | optional:
-            raise RequirementError(_sub(path, str(key)), "unknown key")
-    for key in sorted(required - set(value)):
-        raise RequirementError(_sub(path, key), "is required")
+    errors = [RequirementError(_sub(path, str(key)), "unknown key") for key in value if key not in required | optional]
+    errors += [RequirementError(_sub(path, key), "is required") for key in sorted(required - set(value))]
+    if errors:
+        raise RequirementError.combine(errors)
     return value
 
 
 def _list(value: Any, path: str) -> tuple[Requirement, ...]:
     if not isinstance(value, list) or not value:
         raise RequirementError(path, "must be a non-empty list of requirements")
-    return tuple(parse_requirement(item, _sub(path, i)) for i, item in enumerate(value))
+    parsed: list[Requirement] = []
+    errors: list[RequirementError] = []
+    for i, item in enumerate(value):
+        try:
+            parsed.append(parse_requirement(item, _sub(path, i)))
+        except RequirementError as exc:  # keep going: every bad branch is reported, not only the first
+            errors.append(exc)
+    if errors:
+        raise RequirementError.combine(errors)
+    return tuple(parsed)
 
 
 def parse_requirement(raw: Any, path: str = "") -> Requirement:
@@ -137,8 +160,14 @@ def parse_requirement(raw: Any, path: str = "") -> Requirement:
         return Authenticated()
     if isinstance(raw, str):
         raise RequirementError(path, f"unknown requirement {raw!r} (expected anyone, authenticated or a mapping)")
-    if not isinstance(raw, Mapping) or len(raw) != 1:
+    if not isinstance(raw, Mapping) or not raw:
         raise RequirementError(path, "must be 'anyone', 'authenticated' or a mapping with exactly one kind")
+    if len(raw) > 1:
+        unknown = [RequirementError(_sub(path, str(k)), "unknown key") for k in raw if k not in KINDS]
+        if unknown:
+            raise RequirementError.combine(unknown)
+        kinds = ", ".join(str(k) for k in raw)
+        raise RequirementError(path, f"one kind per mapping, found {kinds} (combine them with all: or any:)")
     ((kind, value),) = raw.items()
     here = _sub(path, str(kind))
     if kind == "group":

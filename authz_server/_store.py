@@ -14,7 +14,7 @@ from collections import OrderedDict
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from aiocache import RedisCache, SimpleMemoryCache
+from aiocache import SimpleMemoryCache
 from aiocache.serializers import StringSerializer
 
 from .errors import Unavailable
@@ -114,6 +114,10 @@ class RedisStore:
             raise ValueError("redis_url must start with redis:// or rediss://")
         db = int(parts.path.lstrip("/") or 0)
         self._ns = namespace
+        # Imported here, not at module level: aiocache has RedisCache only with the `redis` extra installed,
+        # and the memory backend must work without it.
+        from aiocache.backends.redis import RedisCache
+
         self._cache = RedisCache(
             endpoint=parts.hostname or "127.0.0.1",
             port=parts.port or 6379,

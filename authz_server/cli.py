@@ -1,4 +1,4 @@
-"""``gerrit-authz``: serve, check-config, explain."""
+"""The gerrit-authz command line: serve, check-config, explain, --version."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 
 from ._app import build_components
 from ._deadline import Deadline
@@ -107,27 +108,69 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return asyncio.run(_explain(config, args))
 
 
+def _version() -> str:
+    try:
+        return version("gerrit-authz")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+_DESCRIPTION = (
+    "Envoy ext_authz v3 gRPC service that authorizes HTTP requests with Gerrit's own answers "
+    "(group membership, ref permissions, capabilities, change status)."
+)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gerrit-authz", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the ext_authz gRPC service")
-    serve.add_argument("--config", required=True)
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser = argparse.ArgumentParser(prog="gerrit-authz", description=_DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"gerrit-authz {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve",
+        help="run the ext_authz gRPC service",
+        description="Run the ext_authz gRPC service (with health and reflection) and the admin listener. "
+        "Prints the bound addresses; SIGTERM drains in-flight Checks and exits 0.",
+    )
+    serve.add_argument("--config", required=True, metavar="FILE", help="the YAML configuration file")
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="the lowest level logged to stderr (default: info)",
+    )
     serve.set_defaults(func=_cmd_serve)
-    check = sub.add_parser("check-config", help="validate a configuration file (exit 2 when invalid)")
-    check.add_argument("file")
+    check = sub.add_parser(
+        "check-config",
+        help="validate a configuration file (exit 2 when invalid)",
+        description="Validate a configuration file. Exit 0 when valid; exit 2 listing the key path and reason "
+        "of every error.",
+    )
+    check.add_argument("file", metavar="FILE", help="the YAML configuration file")
     check.set_defaults(func=_cmd_check_config)
-    explain = sub.add_parser("explain", help="decide one request and print the trace (exit 0 allow, 1 deny)")
-    explain.add_argument("--config", required=True)
-    explain.add_argument("--method", default="GET")
-    explain.add_argument("--path", required=True)
-    explain.add_argument("--host", default="")
-    explain.add_argument("--header", action="append", default=[], type=_parse_header, metavar="'NAME: VALUE'")
+    explain = sub.add_parser(
+        "explain",
+        help="decide one request and print the trace (exit 0 allow, 1 deny)",
+        description="Decide one HTTP request as a Check would, against the real Gerrit, and print the decision "
+        "with its trace as JSON. Exit 0 for allow, 1 for deny.",
+    )
+    explain.add_argument("--config", required=True, metavar="FILE", help="the YAML configuration file")
+    explain.add_argument("--method", default="GET", help="the HTTP method (default: GET)")
+    explain.add_argument("--path", required=True, help="the request path, with its query if any")
+    explain.add_argument("--host", default="", help="the request's host (authority) header")
+    explain.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        type=_parse_header,
+        metavar="'NAME: VALUE'",
+        help="a request header; repeat for several",
+    )
     explain.set_defaults(func=_cmd_explain)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 deny for explain, 2 bad configuration)."""
     args = _parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from ._accounts import AccountField
+from ._extras import require_redis
 from ._requirements import Requirement, RequirementError, parse_requirement, placeholders
 from ._templates import PathTemplate, TemplateError
 from .errors import ConfigError
@@ -265,7 +266,7 @@ def parse_config(data: Any) -> Config:
     if not isinstance(data, dict):
         raise ConfigError([("(top level)", "the configuration must be a mapping")])
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         errors = []
         for err in exc.errors():
@@ -273,10 +274,19 @@ def parse_config(data: Any) -> Config:
             loc = _loc(err["loc"])
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
-            elif loc.endswith(".require") and (m := _REQUIREMENT_PATH.match(msg)):
-                loc, msg = f"{loc}.{m.group(1)}".replace(".[", "["), m.group(2)
+            elif loc.endswith(".require"):
+                # A requirement reports every problem, one "path: reason" line each (see RequirementError).
+                for line in msg.splitlines():
+                    if m := _REQUIREMENT_PATH.match(line):
+                        errors.append((f"{loc}.{m.group(1)}".replace(".[", "["), m.group(2)))
+                    else:
+                        errors.append((loc, line))
+                continue
             errors.append((loc, msg))
         raise ConfigError(errors) from None
+    if config.cache.backend == "redis":
+        require_redis()
+    return config
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

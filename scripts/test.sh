@@ -22,5 +22,8 @@ else
   echo "test: no Java 21+ under /usr/lib/jvm: Gerrit $newest_gerrit is not tested on this machine"
 fi
 
+# The user's install: the wheel without extras in a fresh virtualenv, and the quickstart from a bare clone.
+scripts/install_check.sh
+
 # The whole suite, against the baseline Gerrit 3.10 on the default Java 17.
 python -m pytest -q -p no:cacheprovider "$@"
