@@ -9,12 +9,13 @@ from typing import Any
 
 import asyncssh
 import pytest
+import yaml
 from _support.proc import free_port
 from prometheus_client import CollectorRegistry
 
 from authz_server._events import EventFollower
 from authz_server._metrics import StreamMetrics
-from authz_server.config import EventsConfig
+from authz_server.config import EventsConfig, parse_config
 from authz_server.errors import ConfigError
 
 RECORDED = Path(__file__).resolve().parents[1] / "data" / "gerrit_events.jsonl"
@@ -162,3 +163,11 @@ def test_stream_metrics_count_events_and_invalidations() -> None:
     assert registry.get_sample_value("gerrit_authz_events_received_total", {"type": "change-merged"}) == 2
     assert registry.get_sample_value("gerrit_authz_events_invalidations_total", {"kind": "change"}) == 1
     assert registry.get_sample_value("gerrit_authz_events_seconds_since_last_event") == 2.5
+
+
+def test_the_examples_events_block_parses(example_config_path: Path) -> None:
+    text = example_config_path.read_text().replace("  # events:", "  events:").replace("  #   ", "    ")
+    config = parse_config(yaml.safe_load(text))
+    assert config.gerrit.events is not None
+    assert (config.gerrit.events.username, config.gerrit.events.port) == ("authz-bot", 29418)
+    assert str(config.gerrit.events.known_hosts_file) == "/etc/gerrit-authz/known_hosts"

@@ -242,3 +242,27 @@ async def test_unknown_host_key_refused_decisions_still_served(
         assert len(lines) == 1, lines
         assert "host key" in lines[0] and str(known_hosts) in lines[0]
         assert await status(server, "/src/platform%2Fbuild/-/main", gerrit.org.carol.auth) == 200
+
+
+async def test_rotated_key_is_read_at_the_next_attempt(
+    gerrit: Any,
+    gerrit_events: EventsSetup,
+    password_file: Path,
+    group: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    key = tmp_path / "key"
+    asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(key))  # not registered in Gerrit
+    events = {**gerrit_events.config(), "private_key_file": str(key), "backoff_initial": "200ms", "backoff_max": "1s"}
+    caplog.set_level(logging.WARNING, logger="gerrit_authz.events")
+    async with running_server(config_for(gerrit, password_file, group, events)) as server:
+        assert server.events is not None
+        for _ in range(int(POLL_S / 0.05)):
+            if caplog.records:
+                break
+            await asyncio.sleep(0.05)
+        assert "refused" in caplog.records[0].getMessage() and not server.events.connected.is_set()
+        key.write_bytes(gerrit_events.private_key_file.read_bytes())  # the operator rotates the secret in place
+        await asyncio.wait_for(server.events.connected.wait(), POLL_S)
+        assert "restored" in caplog.records[-1].getMessage()
