@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +173,28 @@ def test_the_examples_events_block_parses(example_config_path: Path) -> None:
     assert config.gerrit.events is not None
     assert (config.gerrit.events.username, config.gerrit.events.port) == ("authz-bot", 29418)
     assert str(config.gerrit.events.known_hosts_file) == "/etc/gerrit-authz/known_hosts"
+
+
+def test_serve_with_an_unreadable_key_exits_2_naming_it(example_config_path: Path, tmp_path: Path) -> None:
+    data = yaml.safe_load(example_config_path.read_text())
+    (tmp_path / "password").write_text("pw")
+    (tmp_path / "known_hosts").write_text("")
+    data["server"].update({"listen": "127.0.0.1:0", "admin_listen": None})
+    data["gerrit"].pop("password_env")
+    data["gerrit"]["password_file"] = str(tmp_path / "password")
+    data["gerrit"]["events"] = {
+        "ssh_url": "ssh://authz-bot@127.0.0.1:29418",
+        "private_key_file": str(tmp_path / "missing-key"),
+        "known_hosts_file": str(tmp_path / "known_hosts"),
+    }
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(data))
+    done = subprocess.run(
+        [sys.executable, "-m", "authz_server", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "gerrit.events.private_key_file: cannot read" in done.stderr
