@@ -2,7 +2,7 @@
 
 Every TTL is 10 minutes, so only an event (or the reconnect's clear) can explain a decision changing. Each test
 changes Gerrit under a cached answer and polls the decision, bounded at 10 s; the observed delays are printed
-(`-s`) and collected in DELAYS for the benchmark's report.
+(run with `-s`).
 """
 
 from __future__ import annotations
