@@ -6,14 +6,16 @@ no metric calls of its own and label values are bounded by the configuration (ru
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from ._engine import Decision
 from .errors import status_for
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "StreamMetrics"]
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -67,3 +69,46 @@ class Metrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+class StreamMetrics:
+    """The event stream's metrics (a :class:`authz_server._events.StreamObserver`), in a :class:`Metrics` registry."""
+
+    def __init__(self, registry: CollectorRegistry, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last: float | None = None
+        self._connected = Gauge(
+            "gerrit_authz_events_connected", "1 while gerrit stream-events is followed.", registry=registry
+        )
+        self._events = Counter(
+            "gerrit_authz_events_received", "Gerrit stream events received, by type.", ["type"], registry=registry
+        )
+        self._invalidations = Counter(
+            "gerrit_authz_events_invalidations",
+            "Cache invalidations made for stream events, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self._reconnects = Counter(
+            "gerrit_authz_events_reconnects", "Attempts to reconnect to the event stream.", registry=registry
+        )
+        since = Gauge(
+            "gerrit_authz_events_seconds_since_last_event",
+            "Seconds since the last stream event (-1 before the first).",
+            registry=registry,
+        )
+        since.set_function(lambda: -1.0 if self._last is None else self._clock() - self._last)
+
+    def connected(self, up: bool) -> None:
+        self._connected.set(1 if up else 0)
+
+    def event(self, kind: str) -> None:
+        self._last = self._clock()
+        # Types are Gerrit's fixed set plus plugins'; bounded in practice, and capped in length here.
+        self._events.labels(kind[:64]).inc()
+
+    def invalidation(self, kind: str) -> None:
+        self._invalidations.labels(kind).inc()
+
+    def reconnect(self) -> None:
+        self._reconnects.inc()

@@ -22,7 +22,8 @@ from grpc_reflection.v1alpha import reflection
 from ._admin import AdminServicer
 from ._app import Components, build_components
 from ._audit import AuditLog, stderr_audit_log
-from ._metrics import Metrics
+from ._events import EventFollower
+from ._metrics import Metrics, StreamMetrics
 from ._servicer import AuthorizationServicer
 from .config import Config
 
@@ -58,6 +59,7 @@ class AuthzServer:
     address: str = ""
     admin_address: str = ""
     metrics_address: str = ""
+    events: EventFollower | None = None
 
     async def start(self) -> None:
         cfg = self.components.config.server
@@ -70,6 +72,8 @@ class AuthzServer:
         await self.server.start()
         for service in ("", AUTHZ_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if self.events is not None:
+            self.events.start()  # in the background: decisions never wait for the stream
 
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING first (so balancers move away), then drain in-flight Checks for ``grace`` seconds."""
@@ -79,6 +83,8 @@ class AuthzServer:
         if self.admin is not None:
             stops.append(self.admin.stop(grace))
         await asyncio.gather(*stops)
+        if self.events is not None:
+            await self.events.stop()
         if self.metrics is not None:
             self.metrics.close()
         await self.components.aclose()
@@ -128,7 +134,11 @@ def build_server(config: Config, components: Components | None = None, *, audit:
         )
         if cfg.reflection:
             reflection.enable_server_reflection((ADMIN_SERVICE, reflection.SERVICE_NAME), admin)
-    return AuthzServer(components, server, admin, health, metrics)
+    events = None
+    if config.gerrit.events is not None:
+        observer = StreamMetrics(metrics.registry) if metrics is not None else None
+        events = EventFollower(config.gerrit.events, components.cache, observer=observer)
+    return AuthzServer(components, server, admin, health, metrics, events=events)
 
 
 def tune_gc() -> None:

@@ -6,6 +6,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -20,6 +21,7 @@ __all__ = [
     "CacheConfig",
     "Config",
     "EnvoyJwtMetadataConfig",
+    "EventsConfig",
     "GerritConfig",
     "GerritHttpCredentialsConfig",
     "JwtConfig",
@@ -88,6 +90,42 @@ class ServerConfig(_Model):
     retry_after: Duration = 5.0
 
 
+class EventsConfig(_Model):
+    """``gerrit.events``: follow ``gerrit stream-events`` over SSH (see :mod:`authz_server._events`)."""
+
+    ssh_url: str  # ssh://USER@HOST[:PORT], the service account
+    private_key_file: Path  # re-read at every connection attempt, so a rotated key is picked up
+    known_hosts_file: Path  # Gerrit's host key; an unknown one is refused
+    backoff_initial: Duration = Field(default=0.5, gt=0)
+    backoff_max: Duration = Field(default=5.0, gt=0, le=60.0)
+    keepalive: Duration = Field(default=15.0, gt=0)  # a silent dead peer is noticed after 3 of these
+
+    @model_validator(mode="after")
+    def _url(self) -> EventsConfig:
+        parts = urlsplit(self.ssh_url)
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("ssh_url: port must be a number from 1 to 65535") from None
+        if parts.scheme != "ssh" or not parts.hostname or not parts.username or port == 0:
+            raise ValueError("ssh_url must be ssh://USER@HOST[:PORT]")
+        if parts.password is not None or parts.path not in ("", "/"):
+            raise ValueError("ssh_url takes no password and no path (the key is in private_key_file)")
+        return self
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.ssh_url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.ssh_url).port or 29418
+
+    @property
+    def username(self) -> str:
+        return unquote(urlsplit(self.ssh_url).username or "")
+
+
 class GerritConfig(_Model):
     url: str
     username: str
@@ -96,6 +134,7 @@ class GerritConfig(_Model):
     timeout: Duration = 2.0
     max_connections: int = Field(default=100, ge=1)
     verify_tls: bool = True
+    events: EventsConfig | None = None
 
     @model_validator(mode="after")
     def _one_secret(self) -> GerritConfig:

@@ -31,7 +31,8 @@ import uvicorn  # noqa: E402
 import yaml  # noqa: E402
 from _support.authz import example_config_data  # noqa: E402
 from _support.gerrit import GerritServer  # noqa: E402
-from _support.gerrit_provision import DemoOrg, provision  # noqa: E402
+from _support.gerrit_events import provision_events  # noqa: E402
+from _support.gerrit_provision import DemoOrg, GerritFixture, provision  # noqa: E402
 from _support.oidc import OidcProviderMock  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 from starlette.requests import Request  # noqa: E402
@@ -131,6 +132,10 @@ class Demo:
 
         config = example_config_data()  # the contract's example, only pointed at this Gerrit
         config["gerrit"]["url"] = self.gerrit.url.rstrip("/")
+        # Events on: decisions follow Gerrit within a second or two (README "Freshness from Gerrit's event stream").
+        events = provision_events(GerritFixture(self.gerrit, org), self.workdir / "events")
+        config["gerrit"]["events"] = events.config()
+        say(f"demo: gerrit-authz follows stream-events on {events.ssh_url}")
         (self.workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         self.spawn("gerrit-authz", str(BIN / "gerrit-authz"), "serve", "--config", str(self.workdir / "config.yaml"))
 

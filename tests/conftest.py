@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from _support.gerrit import GerritServer
+from _support.gerrit_events import EventsSetup, provision_events
 from _support.gerrit_provision import GerritFixture, provision
 
 # --------------------------------------------------------------------------------------------------------
@@ -25,3 +26,14 @@ def gerrit() -> Iterator[GerritFixture]:
         yield GerritFixture(server=server, org=provision(server.url, server.admin_auth))
     finally:
         server.close()
+
+
+# --------------------------------------------------------------------------------------------------------
+# The real Gerrit's event stream (gerrit.events): authz-bot with an SSH key, Stream Events and the reads the
+# stream is filtered by; see tests/_support/gerrit_events.py.
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def gerrit_events(gerrit: GerritFixture, tmp_path_factory: pytest.TempPathFactory) -> EventsSetup:
+    return provision_events(gerrit, tmp_path_factory.mktemp("gerrit-events"))

@@ -2,7 +2,8 @@
 
 `GerritServer.start()` fetches the Gerrit runtime with `scripts/fetch_gerrit.sh` (cached across runs),
 initialises a throw-away development site (auth.type=DEVELOPMENT_BECOME_ANY_ACCOUNT, whose `admin` has the
-HTTP password `secret`), points it at a free port on 127.0.0.1 with SSH and e-mail off, and runs the daemon
+HTTP password `secret`), points it at a free port on 127.0.0.1, its sshd at another (`ssh_port`, host keys in
+`known_hosts()`), with e-mail off, and runs the daemon
 until `stop()`.
 
 Environment:
@@ -96,6 +97,7 @@ class GerritServer:
         self.site = self.workdir / "site"
         self.log_path = self.site / "logs" / "daemon.log"
         self.port = 0
+        self.ssh_port = 0
         self._launch_args: list[str] = []
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -121,6 +123,7 @@ class GerritServer:
             self._init_site()
         for attempt in range(3):
             self.port = free_port()
+            self.ssh_port = free_port()
             self._configure()
             try:
                 self._launch()
@@ -149,6 +152,18 @@ class GerritServer:
         self.stop()
         if self._own_workdir and os.environ.get("GERRIT_AUTHZ_KEEP_SITE") != "1":
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def known_hosts(self) -> str:
+        """``known_hosts`` lines for this site's sshd (what ``ssh-keyscan -p PORT 127.0.0.1`` would print)."""
+        if not self.ssh_port:
+            raise GerritError("Gerrit has not been started")
+        lines = []
+        for pub in sorted((self.site / "etc").glob("ssh_host_*_key.pub")):
+            kind, key = pub.read_text().split()[:2]
+            lines.append(f"[127.0.0.1]:{self.ssh_port} {kind} {key}\n")
+        if not lines:
+            raise GerritError(f"no SSH host keys in {self.site / 'etc'}")
+        return "".join(lines)
 
     def __enter__(self) -> GerritServer:
         return self.start()
@@ -185,7 +200,7 @@ class GerritServer:
         settings = {
             "httpd.listenUrl": self.url,
             "gerrit.canonicalWebUrl": self.url,
-            "sshd.listenAddress": "off",
+            "sshd.listenAddress": f"127.0.0.1:{self.ssh_port}",
             "sendemail.enable": "false",
             "container.heapLimit": self.heap,
             # No background work that could make timings flaky.

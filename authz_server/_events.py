@@ -1,0 +1,251 @@
+"""Freshness from Gerrit's event stream: follow ``gerrit stream-events`` over SSH and drop what it invalidates.
+
+The follower talks to the cache only (:class:`Invalidator`), never to the Check path. It is an optimisation:
+while the stream is down entries still expire on their TTLs, health is untouched, and one WARNING line per
+outage says so. Events may have been missed during a gap, so every (re)connection starts by clearing the cache,
+after the stream is open: nothing cached before it can outlive it.
+
+The private key and ``known_hosts`` are read at every connection attempt, so a rotated key (or host key) is
+used from the next connection on without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import asyncssh
+
+from ._event_map import Invalidation, MalformedEvent, event_type, invalidations, parse_line
+from .config import EventsConfig
+from .errors import ConfigError
+
+__all__ = ["EventFollower", "Invalidator", "StreamObserver", "load_client_key"]
+
+log = logging.getLogger("gerrit_authz.events")
+_COMMAND = "gerrit stream-events"
+_STABLE = 30.0  # a connection that lasted this long resets the backoff
+_MAX_LINE = 1 << 20  # Gerrit's events are a few KB; a longer line is not one
+
+
+class Invalidator(Protocol):
+    """What the follower needs of the cache (:class:`authz_server._cache.CachedGerrit`)."""
+
+    async def invalidate(
+        self,
+        *,
+        account: str | None = None,
+        project: str | None = None,
+        group: str | None = None,
+        change: str | None = None,
+        everything: bool = False,
+    ) -> int: ...
+
+
+class StreamObserver(Protocol):
+    """Where the follower reports what it does (Prometheus in :mod:`._metrics`)."""
+
+    def connected(self, up: bool) -> None: ...
+    def event(self, kind: str) -> None: ...
+    def invalidation(self, kind: str) -> None: ...
+    def reconnect(self) -> None: ...
+
+
+class _NoObserver:
+    def connected(self, up: bool) -> None:
+        pass
+
+    def event(self, kind: str) -> None:
+        pass
+
+    def invalidation(self, kind: str) -> None:
+        pass
+
+    def reconnect(self) -> None:
+        pass
+
+
+def load_client_key(config: EventsConfig) -> asyncssh.SSHKey:
+    """The private key of ``gerrit.events.private_key_file``; :class:`ConfigError` naming the key when unusable."""
+    try:
+        return asyncssh.read_private_key(str(config.private_key_file))
+    except OSError as exc:
+        raise ConfigError([("gerrit.events.private_key_file", f"cannot read: {exc.strerror}")]) from None
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        # The message names the format problem, never the key material.
+        raise ConfigError([("gerrit.events.private_key_file", f"not a usable private key: {exc}")]) from None
+
+
+def _load_known_hosts(config: EventsConfig) -> asyncssh.SSHKnownHosts:
+    try:
+        return asyncssh.read_known_hosts(str(config.known_hosts_file))
+    except OSError as exc:
+        raise ConfigError([("gerrit.events.known_hosts_file", f"cannot read: {exc.strerror}")]) from None
+    except ValueError as exc:
+        raise ConfigError([("gerrit.events.known_hosts_file", f"not a known_hosts file: {exc}")]) from None
+
+
+class EventFollower:
+    """One ``stream-events`` session per process, reconnecting with capped exponential backoff and full jitter."""
+
+    def __init__(
+        self,
+        config: EventsConfig,
+        cache: Invalidator,
+        *,
+        observer: StreamObserver | None = None,
+        rng: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Reads the key and ``known_hosts`` once now, so a deployment mistake fails at start (exit 2)."""
+        load_client_key(config)
+        _load_known_hosts(config)
+        self._config = config
+        self._cache = cache
+        self._observer = observer or _NoObserver()
+        self._rng = rng
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._outage = False
+        #: Set while a stream is open (after the cache was cleared for it); for tests and health probes.
+        self.connected = asyncio.Event()
+        #: Times of the last event and the number of (re)connections, for metrics and tests.
+        self.last_event: float | None = None
+        self.connections = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="gerrit-stream-events")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        if self._conn is not None:
+            self._conn.abort()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self._set_connected(False)
+
+    def _set_connected(self, up: bool) -> None:
+        if up:
+            self.connected.set()
+        else:
+            self.connected.clear()
+        self._observer.connected(up)
+
+    async def _run(self) -> None:
+        delay = self._config.backoff_initial
+        while True:
+            started = self._clock()
+            try:
+                await self._session()
+                reason = "the stream ended"
+            except asyncio.CancelledError:
+                raise
+            except asyncssh.HostKeyNotVerifiable as exc:
+                reason = f"Gerrit's host key is not in {self._config.known_hosts_file} ({exc.reason})"
+            except asyncssh.PermissionDenied:
+                reason = f"SSH authentication as {self._config.username} was refused (is the key registered?)"
+            except ConfigError as exc:
+                reason = "; ".join(f"{key}: {why}" for key, why in exc.errors)
+            except (OSError, asyncssh.Error) as exc:
+                reason = f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"
+            except Exception as exc:  # a bug here must not end freshness for the process's lifetime
+                log.exception("gerrit events: unexpected error")
+                reason = f"unexpected {type(exc).__name__}"
+            self._conn = None
+            self._set_connected(False)
+            if self._clock() - started >= _STABLE:
+                delay = self._config.backoff_initial
+            if not self._outage:
+                self._outage = True
+                log.warning(
+                    "gerrit events: stream from %s:%d down: %s; reconnecting with backoff, cached answers "
+                    "expire on their TTLs meanwhile (health unaffected)",
+                    self._config.host,
+                    self._config.port,
+                    reason,
+                )
+            else:
+                log.debug("gerrit events: still down: %s", reason)
+            await asyncio.sleep(delay * (0.5 + self._rng() / 2))
+            delay = min(delay * 2, self._config.backoff_max)
+            self._observer.reconnect()
+
+    async def _session(self) -> None:
+        cfg = self._config
+        conn = await asyncio.wait_for(
+            asyncssh.connect(
+                cfg.host,
+                cfg.port,
+                username=cfg.username,
+                client_keys=[load_client_key(cfg)],
+                known_hosts=_load_known_hosts(cfg),
+                agent_path=None,
+                config=[],
+                keepalive_interval=cfg.keepalive,
+                keepalive_count_max=3,
+            ),
+            timeout=max(10.0, cfg.keepalive),
+        )
+        self._conn = conn
+        async with conn:
+            process = await conn.create_process(_COMMAND, stdin=asyncssh.DEVNULL, encoding=None)
+            # Whatever was cached before may have missed events; answers fetched from now on are fresh.
+            await self._cache.invalidate(everything=True)
+            self.connections += 1
+            self._set_connected(True)
+            if self._outage:
+                log.warning("gerrit events: stream from %s:%d restored; cache cleared", cfg.host, cfg.port)
+            else:
+                log.info("gerrit events: following stream-events on %s:%d", cfg.host, cfg.port)
+            self._outage = False
+            stdout: Any = process.stdout
+            while line := await stdout.readline():
+                await self.handle_line(line[:_MAX_LINE])
+            status = process.exit_status
+            error = (await process.stderr.read())[:300] if process.stderr is not None else b""
+            if status:
+                raise ConnectionError(f"stream-events exited {status}: {error.decode(errors='replace').strip()}")
+
+    async def handle_line(self, line: bytes | str) -> list[Invalidation]:
+        """Apply one stream line; malformed lines are logged and skipped. Returns what was invalidated."""
+        if not line.strip():
+            return []
+        try:
+            event = parse_line(line)
+        except MalformedEvent as exc:
+            log.warning("gerrit events: skipping a malformed line (%d bytes): %s", len(line), exc)
+            return []
+        self.last_event = self._clock()
+        self._observer.event(event_type(event) or "(none)")
+        todo = invalidations(event)
+        for item in todo:
+            await self._apply(item)
+        return todo
+
+    async def _apply(self, item: Invalidation) -> None:
+        try:
+            if item.kind == "everything":
+                await self._cache.invalidate(everything=True)
+            elif item.kind == "project":
+                await self._cache.invalidate(project=item.key)
+            elif item.kind == "group":
+                await self._cache.invalidate(group=item.key)
+            elif item.kind == "account":
+                await self._cache.invalidate(account=item.key)
+            else:
+                await self._cache.invalidate(change=item.key)
+        except Exception:
+            # A store failure must not end the stream; the entry expires on its TTL.
+            log.exception("gerrit events: invalidating %s %s failed", item.kind, item.key)
+            return
+        self._observer.invalidation(item.kind)

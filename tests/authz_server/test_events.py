@@ -1,0 +1,200 @@
+"""The event follower without Gerrit: applying lines to the cache, start-up checks, backoff and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+import yaml
+from _support.proc import free_port
+from prometheus_client import CollectorRegistry
+
+from authz_server._events import EventFollower
+from authz_server._metrics import StreamMetrics
+from authz_server.config import EventsConfig, parse_config
+from authz_server.errors import ConfigError
+
+RECORDED = Path(__file__).resolve().parents[1] / "data" / "gerrit_events.jsonl"
+
+
+class RecordingCache:
+    """An Invalidator double: records each call; fails for project names starting with "boom"."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    async def invalidate(self, **kwargs: Any) -> int:
+        if str(kwargs.get("project", "")).startswith("boom"):
+            raise ConnectionError("store down")
+        self.calls.append(kwargs)
+        return 1
+
+
+@pytest.fixture
+def events_config(tmp_path: Path) -> Any:
+    def factory(**overrides: Any) -> EventsConfig:
+        key = tmp_path / "key"
+        if not key.exists():
+            asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(key))
+        hosts = tmp_path / "known_hosts"
+        if not hosts.exists():
+            public = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+            hosts.write_text("[127.0.0.1]:29418 " + " ".join(public.split()[:2]) + "\n")
+        data = {"ssh_url": "ssh://authz-bot@127.0.0.1:29418", "private_key_file": key, "known_hosts_file": hosts}
+        return EventsConfig.model_validate({**data, **overrides})
+
+    return factory
+
+
+async def test_recorded_lines_reach_the_cache(events_config: Any) -> None:
+    cache = RecordingCache()
+    follower = EventFollower(events_config(), cache)
+    for line in RECORDED.read_bytes().splitlines():
+        await follower.handle_line(line)
+    assert {"project": "All-Projects"} in cache.calls and {"project": "platform/build"} in cache.calls
+    assert any("group" in c for c in cache.calls)
+    assert any("change" in c for c in cache.calls)
+    assert follower.last_event is not None
+
+
+async def test_malformed_lines_are_logged_and_skipped(events_config: Any, caplog: pytest.LogCaptureFixture) -> None:
+    cache = RecordingCache()
+    follower = EventFollower(events_config(), cache)
+    caplog.set_level(logging.WARNING, logger="gerrit_authz.events")
+    assert await follower.handle_line(b"{not json\n") == []
+    assert await follower.handle_line(b"\n") == []
+    merged = b'{"type":"change-merged","change":{"number":7}}\n'
+    assert [i.key for i in await follower.handle_line(merged)] == ["7"]
+    assert cache.calls == [{"change": "7"}]
+    assert len(caplog.records) == 1 and "malformed" in caplog.records[0].getMessage()
+
+
+async def test_a_failed_invalidation_does_not_stop_the_stream(
+    events_config: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = RecordingCache()
+    follower = EventFollower(events_config(), cache)
+    boom = b'{"type":"ref-updated","refUpdate":{"project":"boom","refName":"refs/meta/config"}}'
+    await follower.handle_line(boom)
+    await follower.handle_line(b'{"type":"change-abandoned","change":{"number":8}}')
+    assert cache.calls == [{"change": "8"}]
+    assert any("failed" in r.getMessage() for r in caplog.records)
+
+
+def test_unreadable_key_is_a_config_error_naming_the_key(events_config: Any, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        EventFollower(events_config(private_key_file=tmp_path / "missing"), RecordingCache())
+    assert err.value.errors[0][0] == "gerrit.events.private_key_file"
+    (tmp_path / "garbage").write_text("not a key")
+    with pytest.raises(ConfigError) as err:
+        EventFollower(events_config(private_key_file=tmp_path / "garbage"), RecordingCache())
+    assert err.value.errors[0][0] == "gerrit.events.private_key_file"
+    assert "not a key" not in str(err.value.errors)  # never echo the file's content
+
+
+def test_unreadable_known_hosts_is_a_config_error(events_config: Any, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        EventFollower(events_config(known_hosts_file=tmp_path / "missing"), RecordingCache())
+    assert err.value.errors[0][0] == "gerrit.events.known_hosts_file"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://authz-bot@h:29418",
+        "ssh://h:29418",
+        "ssh://authz-bot@:29418",
+        "ssh://a@h:x",
+        "ssh://a:pw@h",
+        "ssh://a@h/p",
+    ],
+)
+def test_bad_ssh_url_is_refused(events_config: Any, url: str) -> None:
+    with pytest.raises(ValueError, match="ssh_url"):
+        events_config(ssh_url=url)
+
+
+def test_ssh_url_parts(events_config: Any) -> None:
+    cfg = events_config(ssh_url="ssh://authz-bot@gerrit.example.com")
+    assert (cfg.username, cfg.host, cfg.port) == ("authz-bot", "gerrit.example.com", 29418)
+
+
+async def test_refused_connection_backs_off_and_warns_once(
+    events_config: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()  # nothing listens: every attempt is refused at once
+    registry = CollectorRegistry()
+    cache = RecordingCache()
+    follower = EventFollower(
+        events_config(ssh_url=f"ssh://authz-bot@127.0.0.1:{port}", backoff_initial="50ms", backoff_max="200ms"),
+        cache,
+        observer=StreamMetrics(registry),
+    )
+    caplog.set_level(logging.WARNING, logger="gerrit_authz.events")
+    follower.start()
+    try:
+        await asyncio.sleep(1.5)
+    finally:
+        await follower.stop()
+    reconnects = registry.get_sample_value("gerrit_authz_events_reconnects_total") or 0
+    # 50, 100, 200, 200 ... ms with jitter of up to half: more than 3 attempts, fewer than unbounded.
+    assert 3 <= reconnects <= 30
+    assert registry.get_sample_value("gerrit_authz_events_connected") == 0
+    assert registry.get_sample_value("gerrit_authz_events_seconds_since_last_event") == -1
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "down" in warnings[0] and str(port) in warnings[0]
+    assert cache.calls == [] and not follower.connected.is_set()
+
+
+def test_stream_metrics_count_events_and_invalidations() -> None:
+    registry = CollectorRegistry()
+    now = [100.0]
+    metrics = StreamMetrics(registry, clock=lambda: now[0])
+    metrics.connected(True)
+    metrics.event("change-merged")
+    metrics.event("change-merged")
+    metrics.invalidation("change")
+    now[0] = 102.5
+    assert registry.get_sample_value("gerrit_authz_events_connected") == 1
+    assert registry.get_sample_value("gerrit_authz_events_received_total", {"type": "change-merged"}) == 2
+    assert registry.get_sample_value("gerrit_authz_events_invalidations_total", {"kind": "change"}) == 1
+    assert registry.get_sample_value("gerrit_authz_events_seconds_since_last_event") == 2.5
+
+
+def test_the_examples_events_block_parses(example_config_path: Path) -> None:
+    text = example_config_path.read_text().replace("  # events:", "  events:").replace("  #   ", "    ")
+    config = parse_config(yaml.safe_load(text))
+    assert config.gerrit.events is not None
+    assert (config.gerrit.events.username, config.gerrit.events.port) == ("authz-bot", 29418)
+    assert str(config.gerrit.events.known_hosts_file) == "/etc/gerrit-authz/known_hosts"
+
+
+def test_serve_with_an_unreadable_key_exits_2_naming_it(example_config_path: Path, tmp_path: Path) -> None:
+    data = yaml.safe_load(example_config_path.read_text())
+    (tmp_path / "password").write_text("pw")
+    (tmp_path / "known_hosts").write_text("")
+    data["server"].update({"listen": "127.0.0.1:0", "admin_listen": None})
+    data["gerrit"].pop("password_env")
+    data["gerrit"]["password_file"] = str(tmp_path / "password")
+    data["gerrit"]["events"] = {
+        "ssh_url": "ssh://authz-bot@127.0.0.1:29418",
+        "private_key_file": str(tmp_path / "missing-key"),
+        "known_hosts_file": str(tmp_path / "known_hosts"),
+    }
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(data))
+    done = subprocess.run(
+        [sys.executable, "-m", "authz_server", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "gerrit.events.private_key_file: cannot read" in done.stderr

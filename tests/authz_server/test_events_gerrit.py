@@ -1,0 +1,268 @@
+"""gerrit.events against the real Gerrit: its `stream-events` over its real sshd, as the service account.
+
+Every TTL is 10 minutes, so only an event (or the reconnect's clear) can explain a decision changing. Each test
+changes Gerrit under a cached answer and polls the decision, bounded at 10 s; the observed delays are printed
+(run with `-s`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+import pytest_asyncio
+from _support.authz import basic, check_request, check_stub, make_config, running_server
+from _support.gerrit_events import EventsSetup, close_connections
+from _support.gerrit_provision import Rest
+
+from authz_server._server import AuthzServer
+
+pytestmark = pytest.mark.gerrit
+
+LONG = {"account": "10m", "groups": "10m", "access": "10m", "capabilities": "10m", "change": "10m"}
+POLL_S = 10.0
+DELAYS: dict[str, float] = {}
+
+
+def _q(name: str) -> str:
+    return name.replace("/", "%2F")
+
+
+def rules(group: str) -> list[dict[str, Any]]:
+    return [
+        {"name": "group", "match": {"path": "/group"}, "require": {"group": group}},
+        {
+            "name": "read",
+            "match": {"path": "/src/{project}/-/{branch}"},
+            "require": {"permission": {"project": "{project}", "ref": "refs/heads/{branch}", "perm": "read"}},
+        },
+        {
+            "name": "voted",
+            "match": {"path": "/voted/{change}"},
+            "require": {"change": {"id": "{change}", "labels": {"Code-Review": 1}}},
+        },
+        {
+            "name": "merged",
+            "match": {"path": "/merged/{change}"},
+            "require": {"change": {"id": "{change}", "status": "MERGED"}},
+        },
+        {
+            "name": "open",
+            "match": {"path": "/open/{change}"},
+            "require": {"change": {"id": "{change}", "status": "NEW"}},
+        },
+    ]
+
+
+@pytest.fixture(scope="module")
+def rest(gerrit: Any) -> Iterator[Rest]:
+    client = Rest(gerrit.server.url, gerrit.server.admin_auth)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def password_file(gerrit: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("events") / "password"
+    path.write_text(gerrit.org.bot.http_password)
+    return path
+
+
+@pytest.fixture(scope="module")
+def group(rest: Rest) -> str:
+    """A group of its own with carol in it (the shared demo groups stay as they are)."""
+    return str(rest.put(f"groups/events-{uuid.uuid4().hex[:8]}", {"members": ["carol"]})["id"])
+
+
+def config_for(gerrit: Any, password_file: Path, group: str, events: dict[str, Any]) -> Any:
+    return make_config(
+        gerrit.server.url,
+        password_file,
+        identity=[{"gerrit_http_credentials": {}}],
+        cache={"ttl": LONG},
+        rules=rules(group),
+        gerrit={"events": events},
+    )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def app(gerrit: Any, gerrit_events: EventsSetup, password_file: Path, group: str) -> AsyncIterator[AuthzServer]:
+    events = {**gerrit_events.config(), "backoff_initial": "2s", "backoff_max": "3s"}
+    async with running_server(config_for(gerrit, password_file, group, events)) as server:
+        assert server.events is not None
+        await asyncio.wait_for(server.events.connected.wait(), 20)
+        yield server
+
+
+async def status(app: AuthzServer, path: str, user: tuple[str, str]) -> int:
+    async with check_stub(app.address) as stub:
+        resp = await stub.Check(check_request("GET", path, {"authorization": basic(*user)}), timeout=10)
+    return 200 if resp.status.code == 0 else int(resp.denied_response.status.code)
+
+
+async def follows(name: str, app: AuthzServer, path: str, user: tuple[str, str], want: int, since: float) -> None:
+    """Poll until the decision is ``want`` (bounded at POLL_S); record the delay since the change in Gerrit."""
+    got = 0
+    while time.monotonic() - since < POLL_S:
+        got = await status(app, path, user)
+        if got == want:
+            DELAYS[name] = time.monotonic() - since
+            print(f"\n{name}: decision followed Gerrit in {DELAYS[name] * 1000:.0f} ms")
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"{name}: still {got} after {POLL_S:.0f}s, want {want}")
+
+
+def new_project(rest: Rest, parent: str = "All-Projects") -> str:
+    name = f"events/{uuid.uuid4().hex[:8]}"
+    rest.put(f"projects/{_q(name)}", {"branches": ["main"], "create_empty_commit": True, "parent": parent})
+    return name
+
+
+def block_reads(rest: Rest, project: str) -> None:
+    block = {"read": {"rules": {"global:Registered-Users": {"action": "BLOCK"}}}}
+    rest.post(f"projects/{_q(project)}/access", {"add": {"refs/heads/*": {"permissions": block}}})
+
+
+def new_change(rest: Rest, gerrit: Any) -> int:
+    body = {"project": gerrit.org.build_project, "branch": "main", "subject": f"events {uuid.uuid4().hex[:6]}"}
+    return int(rest.post("changes/", body)["_number"])
+
+
+async def test_group_membership_removal(app: AuthzServer, gerrit: Any, rest: Rest, group: str) -> None:
+    carol = gerrit.org.carol.auth
+    rest.post(f"groups/{group}/members.add", {"members": ["carol"]})
+    await follows("group add (cache primed)", app, "/group", carol, 200, time.monotonic())
+    assert await status(app, "/group", carol) == 200
+    since = time.monotonic()
+    rest.post(f"groups/{group}/members.delete", {"members": ["carol"]})
+    await follows("group membership removed", app, "/group", carol, 403, since)
+
+
+async def test_block_added_on_a_project(app: AuthzServer, gerrit: Any, rest: Rest) -> None:
+    project = new_project(rest)
+    path, carol = f"/src/{_q(project)}/-/main", gerrit.org.carol.auth
+    assert await status(app, path, carol) == 200
+    since = time.monotonic()
+    block_reads(rest, project)
+    await follows("BLOCK on the project", app, path, carol, 403, since)
+
+
+async def test_permission_added_in_a_parent_reaches_the_child(app: AuthzServer, gerrit: Any, rest: Rest) -> None:
+    parent = new_project(rest)
+    child = new_project(rest, parent=parent)
+    path, carol = f"/src/{_q(child)}/-/main", gerrit.org.carol.auth
+    assert await status(app, path, carol) == 200
+    since = time.monotonic()
+    block_reads(rest, parent)
+    await follows("BLOCK in the parent, seen on the child", app, path, carol, 403, since)
+
+
+async def test_vote_removed(app: AuthzServer, gerrit: Any, rest: Rest) -> None:
+    number = new_change(rest, gerrit)
+    rest.post(f"changes/{number}/revisions/current/review", {"labels": {"Code-Review": 1}})
+    path, carol = f"/voted/{number}", gerrit.org.carol.auth
+    await follows("vote added (cache primed)", app, path, carol, 200, time.monotonic())
+    since = time.monotonic()
+    rest.call("DELETE", f"changes/{number}/reviewers/admin/votes/Code-Review")
+    await follows("vote removed", app, path, carol, 403, since)
+
+
+async def test_change_merged(app: AuthzServer, gerrit: Any, rest: Rest) -> None:
+    number = new_change(rest, gerrit)
+    rest.post(f"changes/{number}/revisions/current/review", {"labels": {"Code-Review": 2, "Verified": 1}})
+    path, carol = f"/merged/{number}", gerrit.org.carol.auth
+    assert await status(app, path, carol) == 403
+    since = time.monotonic()
+    rest.post(f"changes/{number}/submit")
+    await follows("change merged", app, path, carol, 200, since)
+
+
+async def test_change_abandoned(app: AuthzServer, gerrit: Any, rest: Rest) -> None:
+    number = new_change(rest, gerrit)
+    path, carol = f"/open/{number}", gerrit.org.carol.auth
+    assert await status(app, path, carol) == 200
+    since = time.monotonic()
+    rest.post(f"changes/{number}/abandon")
+    await follows("change abandoned", app, path, carol, 403, since)
+
+
+async def test_connection_closed_by_gerrit_acl_changed_meanwhile(
+    app: AuthzServer, gerrit: Any, gerrit_events: EventsSetup, rest: Rest
+) -> None:
+    assert app.events is not None
+    project = new_project(rest)
+    path, carol = f"/src/{_q(project)}/-/main", gerrit.org.carol.auth
+    assert await status(app, path, carol) == 200
+    before = app.events.connections
+    closed, listing = await close_connections(gerrit_events, gerrit.org.bot.username)
+    assert closed, f"no SSH session of the bot to close in:\n{listing}"
+    for _ in range(int(POLL_S / 0.02)):
+        if not app.events.connected.is_set():
+            break
+        await asyncio.sleep(0.02)
+    assert not app.events.connected.is_set(), "the follower did not notice the closed connection"
+    # The stream is down (backoff of at least 1 s): this change's event is never received.
+    block_reads(rest, project)
+    assert await status(app, path, carol) == 200  # still the cached allow: nothing told it yet
+    await asyncio.wait_for(app.events.connected.wait(), POLL_S)
+    assert app.events.connections == before + 1
+    assert await status(app, path, carol) == 403  # the reconnect dropped what was cached before the gap
+
+
+async def test_unknown_host_key_refused_decisions_still_served(
+    gerrit: Any,
+    gerrit_events: EventsSetup,
+    password_file: Path,
+    group: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    impostor = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().split()[:2]
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{gerrit_events.port} {' '.join(impostor)}\n")
+    events = {**gerrit_events.config(), "known_hosts_file": str(known_hosts), "backoff_initial": "200ms"}
+    caplog.set_level(logging.WARNING, logger="gerrit_authz.events")
+    async with running_server(config_for(gerrit, password_file, group, events)) as server:
+        assert server.events is not None
+        for _ in range(int(POLL_S / 0.05)):
+            if caplog.records:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # several attempts, one line
+        assert not server.events.connected.is_set() and server.events.connections == 0
+        lines = [r.getMessage() for r in caplog.records if r.name == "gerrit_authz.events"]
+        assert len(lines) == 1, lines
+        assert "host key" in lines[0] and str(known_hosts) in lines[0]
+        assert await status(server, "/src/platform%2Fbuild/-/main", gerrit.org.carol.auth) == 200
+
+
+async def test_rotated_key_is_read_at_the_next_attempt(
+    gerrit: Any,
+    gerrit_events: EventsSetup,
+    password_file: Path,
+    group: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    key = tmp_path / "key"
+    asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(key))  # not registered in Gerrit
+    events = {**gerrit_events.config(), "private_key_file": str(key), "backoff_initial": "200ms", "backoff_max": "1s"}
+    caplog.set_level(logging.WARNING, logger="gerrit_authz.events")
+    async with running_server(config_for(gerrit, password_file, group, events)) as server:
+        assert server.events is not None
+        for _ in range(int(POLL_S / 0.05)):
+            if caplog.records:
+                break
+            await asyncio.sleep(0.05)
+        assert "refused" in caplog.records[0].getMessage() and not server.events.connected.is_set()
+        key.write_bytes(gerrit_events.private_key_file.read_bytes())  # the operator rotates the secret in place
+        await asyncio.wait_for(server.events.connected.wait(), POLL_S)
+        assert "restored" in caplog.records[-1].getMessage()
