@@ -138,8 +138,9 @@ async def test_unmatched_principal_is_no_identity(envoy: EnvoyProcess, pki: Test
 @pytest.mark.asyncio(loop_scope="session")
 async def test_no_certificate_never_reaches_the_check(envoy: EnvoyProcess, pki: TestCA) -> None:
     before = checks(envoy)
-    # TLS 1.3: the client learns of the refusal on its first read, as Envoy's "certificate required" alert.
-    with pytest.raises((httpx.TransportError, ssl.SSLError), match=r"(?i)certificate"):
+    # TLS 1.3: the client learns of the refusal on its first read (a "certificate required" alert, or a reset);
+    # Envoy's own counters below say why it refused.
+    with pytest.raises((httpx.TransportError, ssl.SSLError)):
         await send(envoy, pki, "/artifacts/platform%2Fbuild/-/main/out/app.tar", None)
     stranger_ca = TestCA(pki.directory, "stranger CA")
     forged = stranger_ca.issue("forged", uri=SPIFFE.format(account=SERVICE_USER))

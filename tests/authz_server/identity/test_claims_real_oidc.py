@@ -14,6 +14,7 @@ import pytest
 from _support.factories import FakeFacts, make_authorizer, make_input
 from _support.oidc import JwksServer, OidcProviderMock, SigningKey, make_claims
 
+from authz_server._admin import explain_response
 from authz_server._deadline import Deadline
 from authz_server._identity import JwtSource
 from authz_server._identity.jwt import JwtVerifier
@@ -118,3 +119,23 @@ async def test_iat_is_required_when_a_maximum_is_set(http: httpx.AsyncClient) ->
         # Without a maximum, iat stays optional.
         lax = JwtVerifier(JwtConfig(issuer=issuer.issuer, audiences=[CLIENT_ID]), http)
         assert await lax.verify(key.sign(make_claims(issuer.issuer, CLIENT_ID, now=now, iat=None)), Deadline.after(5))
+
+
+async def test_explain_shows_the_claim_type_never_its_value(
+    provider: OidcProviderMock, http: httpx.AsyncClient
+) -> None:
+    bearer = await token(provider, "deployer")
+    config = JwtConfig(issuer=provider.issuer, audiences=[CLIENT_ID])
+    authorizer = make_authorizer(RULES, FakeFacts(), [JwtSource(config, JwtVerifier(config, http))])
+    inp = make_input("GET", "/deploy/platform%2Fsecret", {"authorization": f"Bearer {bearer}"})
+    decision = await authorizer.decide(inp, Deadline.after(5))
+    explained = explain_response(decision, b"", 5)
+    (trace,) = explained.requirements
+    assert (trace.kind, trace.target, trace.result) == (
+        "claim",
+        "scope contains 'deploy:platform/secret'",
+        "unsatisfied",
+    )
+    assert trace.detail == "claim is string of 2 word(s); not matched"
+    text = str(explained)
+    assert "deploy:platform/build" not in text and bearer not in text
