@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 from _support.factories import FakeFacts
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from authz_server._claims import claim_matches, parse_claim, resolve_claim
+from authz_server._claims import claim_matches, filled, parse_claim, resolve_claim
 from authz_server._deadline import Deadline
 from authz_server._evaluate import Context, Result, TraceEntry, evaluate
 from authz_server._facts import Account
@@ -179,3 +181,30 @@ async def test_trace_shows_type_and_outcome_never_the_value() -> None:
     assert "s3cr3t" not in repr(entry) + result.reason
     _, trace = await run({"claim": {"name": "groups", "any_of": ["ci"]}})
     assert trace[0].detail == "claim is list of 2 item(s); matched"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    capture=st.text(min_size=1, max_size=20),
+    words=st.lists(
+        st.text(alphabet=st.characters(blacklist_categories=("Z", "C")), min_size=1, max_size=12), max_size=6
+    ),
+)
+def test_a_filled_value_matches_only_a_whole_word(capture: str, words: list[str]) -> None:
+    claim, _, _ = parse_claim({"name": "scope", "contains": "deploy:{project}"})
+    assert claim is not None
+    scope = " ".join(words)
+    wanted = "deploy:" + capture
+    assert claim_matches(claim, scope, filled(claim, {"project": capture})) is (wanted in scope.split())
+
+
+@pytest.mark.parametrize("value", [0, -1, "soon"])
+def test_bad_max_token_lifetime_names_the_key(value: Any) -> None:
+    data = {
+        "gerrit": {"url": "http://g", "username": "bot", "password_env": "X"},
+        "identity": [{"jwt": {"issuer": "https://idp", "audiences": ["a"], "max_token_lifetime": value}}],
+        "rules": [{"name": "r", "require": "anyone"}],
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert "identity[0].jwt.max_token_lifetime" in str(info.value)
