@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 from _support.authz import make_config, running_server
 from _support.envoy import EchoUpstream, EnvoyProcess, add_listener_copy, example_bootstrap, point_cluster
-from _support.gerrit_provision import Rest
+from _support.gerrit_provision import ensure_service_user
 from _support.tls import CertFiles, TestCA
 
 from authz_server._server import AuthzServer
@@ -41,14 +41,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
 @pytest.fixture(scope="module")
 def service_user(gerrit: Any) -> str:
     """A real Gerrit service user (no email, no password: it only ever calls with its certificate)."""
-    rest = Rest(gerrit.server.url, gerrit.org.admin.auth)
-    try:
-        status, _ = rest.call("PUT", f"accounts/{SERVICE_USER}", {"name": "CI deployer"}, accept=(409,))
-        assert status in (201, 409)
-        info = rest.get(f"accounts/{SERVICE_USER}")
-    finally:
-        rest.close()
-    assert info["username"] == SERVICE_USER
+    ensure_service_user(gerrit.server.url, gerrit.org.admin.auth, SERVICE_USER)
     return SERVICE_USER
 
 

@@ -4,14 +4,11 @@ and /docs is served. The uvicorn TLS protocol: a verified client certificate's S
 
 from __future__ import annotations
 
-import asyncio
-import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from _support.tls import TestCA
 from fastapi import FastAPI, Request
 from fastapi_support import asgi_client, example_module, uvicorn_server
@@ -19,7 +16,6 @@ from openapi_spec_validator import validate
 
 from fastapi_client import AuthzMiddleware, install_openapi_security
 from fastapi_client.testing import FakeAuthorizer
-from fastapi_client.uvicorn_tls import TlsH11Protocol
 
 
 async def test_example_app_openapi_lists_the_schemes() -> None:
@@ -77,35 +73,12 @@ def tls_app(target: str) -> FastAPI:
 
 async def test_verified_client_certificate_is_the_source_principal(fake: FakeAuthorizer, tmp_path: Any) -> None:
     pki = TestCA(tmp_path)
-    server, ci = pki.issue("uvicorn", server=True), pki.issue("ci", uri="spiffe://corp.example/ci/ci-deployer")
-    config = uvicorn.Config(
-        tls_app(fake.target),
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        http=TlsH11Protocol,
-        ssl_certfile=str(server.cert),
-        ssl_keyfile=str(server.key),
-        ssl_ca_certs=str(pki.cert),
-        ssl_cert_reqs=ssl.CERT_OPTIONAL,
-    )
-    userver = uvicorn.Server(config)
-    task = asyncio.create_task(userver.serve())
-    try:
-        for _ in range(500):
-            if userver.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert userver.started
-        port = userver.servers[0].sockets[0].getsockname()[1]
-        base = f"https://127.0.0.1:{port}"
+    ci = pki.issue("ci", uri="spiffe://corp.example/ci/ci-deployer")
+    async with uvicorn_server(tls_app(fake.target), pki) as base:
         async with httpx.AsyncClient(verify=pki.client_context(ci), timeout=10) as client:
             assert (await client.get(base + "/who")).status_code == 200
         async with httpx.AsyncClient(verify=pki.client_context(None), timeout=10) as client:
             assert (await client.get(base + "/who")).status_code == 200  # optional: no certificate offered
-    finally:
-        userver.should_exit = True
-        await asyncio.wait_for(task, 15)
     principals = [r.attributes.source.principal for r in fake.requests]
     assert principals == ["spiffe://corp.example/ci/ci-deployer", ""]
 
