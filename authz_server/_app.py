@@ -16,6 +16,7 @@ from ._identity import (
     IdentityResolver,
     IdentitySource,
     JwtSource,
+    MtlsSource,
 )
 from ._identity.jwt import JwtVerifier
 from ._policy import Policy
@@ -67,5 +68,7 @@ def build_components(
             sources.append(BasicCredentialsSource(cache))
         elif entry.envoy_jwt_metadata is not None:
             sources.append(EnvoyJwtMetadataSource(entry.envoy_jwt_metadata))
+        elif entry.mtls is not None:
+            sources.append(MtlsSource(entry.mtls))
     authorizer = Authorizer(Policy.from_config(config.rules), IdentityResolver(sources, cache), cache)
     return Components(config, authorizer, cache, store, http)

@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ._claims import Claim, claim_matches, claim_value_type, filled, resolve_claim
 from ._deadline import Deadline
 from ._facts import Account, GerritFacts
 from ._identity import Identity
@@ -95,6 +96,7 @@ _KIND = {
     Permission: "permission",
     Capability: "capability",
     Change: "change",
+    Claim: "claim",
 }
 
 
@@ -108,6 +110,8 @@ def _values(req: Requirement, captures: Mapping[str, str]) -> tuple[str, ...]:
         return tuple(fill(v, captures) for v in (req.project, req.ref, req.perm))
     if isinstance(req, Change):
         return (fill(req.id, captures),)
+    if isinstance(req, Claim):
+        return (req.describe(filled(req, captures)),)
     return ()
 
 
@@ -175,6 +179,8 @@ async def _leaf(req: Requirement, values: tuple[str, ...], target: str, ctx: Con
         return _undecided(Unauthenticated("missing_credentials", reason), reason), "", ""
     if isinstance(req, Authenticated):
         return Result(True), "", ""
+    if isinstance(req, Claim):
+        return _claim_leaf(req, identity, label, ctx)
     account = identity.account
     if account is None:
         reason = f"{label}: {_name(identity)} has no Gerrit account"
@@ -231,6 +237,21 @@ async def _gerrit_leaf(
     if req.submittable is not None and info.submittable != req.submittable:
         problems.append(f"submittable is {info.submittable}, needs {req.submittable}")
     return _leaf_result(not problems, f"{label}: {'; '.join(problems)}"), change.source, change.detail
+
+
+def _claim_leaf(req: Claim, identity: Identity, label: str, ctx: Context) -> tuple[Result, str, str]:
+    """A claim needs no Gerrit. The trace shows the claim's type and the outcome, never its value."""
+    principal = identity.principal
+    assert principal is not None
+    if not principal.claims:
+        # No token at all (Basic, mTLS) is not "a token without the claim": like a missing account it is
+        # undecided with a 403, so `not: {claim: ...}` cannot turn it into a pass.
+        reason = f"{label}: {_name(identity)} has no token claims ({principal.source})"
+        return _undecided(PermissionDenied("requirement_failed", reason), reason), "token", "no token"
+    value = resolve_claim(principal.claims, req.name)
+    ok = claim_matches(req, value, filled(req, ctx.captures))
+    detail = f"claim is {claim_value_type(value)}; {'matched' if ok else 'not matched'}"
+    return _leaf_result(ok, f"{label}: not in the token ({claim_value_type(value)})"), "token", detail
 
 
 def _leaf_result(ok: bool, reason: str) -> Result:

@@ -7,6 +7,7 @@ Accepted forms (one key per mapping)::
     permission: {project, ref, perm}
     capability: NAME
     change: {id, status?, labels?: {Label: min}, submittable?}
+    claim: {name, equals | contains | any_of}   (see _claims)
     all: [...] | any: [...] | not: REQUIREMENT
 
 String values may hold ``{capture}`` placeholders filled from the matched path template.
@@ -19,6 +20,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+from ._claims import Claim, parse_claim
+
 __all__ = [
     "KINDS",
     "All",
@@ -27,6 +30,7 @@ __all__ = [
     "Authenticated",
     "Capability",
     "Change",
+    "Claim",
     "Group",
     "Not",
     "Permission",
@@ -93,7 +97,7 @@ class Not:
     of: Requirement
 
 
-Requirement: TypeAlias = Anyone | Authenticated | Group | Permission | Capability | Change | All | Any_ | Not
+Requirement: TypeAlias = Anyone | Authenticated | Group | Permission | Capability | Change | Claim | All | Any_ | Not
 
 
 class RequirementError(ValueError):
@@ -179,6 +183,11 @@ def parse_requirement(raw: Any, path: str = "") -> Requirement:
         return Permission(*(_string(spec[k], _sub(here, k)) for k in ("project", "ref", "perm")))
     if kind == "change":
         return _parse_change(value, here)
+    if kind == "claim":
+        claim, key, reason = parse_claim(value)
+        if claim is None:
+            raise RequirementError(_sub(here, key) if key else here, reason)
+        return claim
     if kind == "all":
         return All(_list(value, here))
     if kind == "any":
@@ -236,6 +245,8 @@ def placeholders(req: Requirement) -> set[str]:
             values = (node.project, node.ref, node.perm)
         elif isinstance(node, Change):
             values = (node.id,)
+        elif isinstance(node, Claim):
+            values = node.strings()
         for value in values:
             names.update(_PLACEHOLDER.findall(value))
     return names

@@ -39,12 +39,14 @@ def build_check_request(
     request_id: str = "",
     source_address: str = "",
     source_port: int = 0,
+    source_principal: str = "",
     context_extensions: Mapping[str, str] | None = None,
 ) -> CheckRequest:
     """A CheckRequest with ``attributes.request.http`` filled like Envoy fills it.
 
     ``path`` includes the query string, as on the wire. ``headers`` must already be lower-cased and joined (see
-    :func:`join_headers`); the HTTP/2-style pseudo-headers Envoy adds are added here.
+    :func:`join_headers`); the HTTP/2-style pseudo-headers Envoy adds are added here. ``source_principal`` is
+    the verified client certificate's URI SAN or subject, as Envoy reports it (only pass one that was verified).
     """
     all_headers = {":method": method, ":path": path, ":authority": host, ":scheme": scheme, **(headers or {})}
     if request_id:
@@ -59,4 +61,6 @@ def build_check_request(
         attrs.source.address.CopyFrom(
             Address(socket_address=SocketAddress(address=source_address, port_value=source_port))
         )
+    if source_principal:
+        attrs.source.principal = source_principal
     return CheckRequest(attributes=attrs)

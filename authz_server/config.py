@@ -26,6 +26,7 @@ __all__ = [
     "GerritHttpCredentialsConfig",
     "JwtConfig",
     "MatchConfig",
+    "MtlsConfig",
     "RuleConfig",
     "ServerConfig",
     "TtlConfig",
@@ -176,6 +177,8 @@ class JwtConfig(_AccountMapping):
     max_token_bytes: int = Field(default=8192, ge=256, le=65536)
     jwks_ttl: Duration = 600.0
     jwks_min_refresh_interval: Duration = 10.0
+    # Tokens whose exp - iat exceeds it are refused (iat then required): tokens stay short-lived.
+    max_token_lifetime: Duration | None = Field(default=None, gt=0)
 
 
 class GerritHttpCredentialsConfig(_Model):
@@ -188,15 +191,34 @@ class EnvoyJwtMetadataConfig(_AccountMapping):
     issuer: str | None = None
 
 
+class MtlsConfig(_Model):
+    """A client certificate Envoy validated: ``attributes.source.principal`` (URI SAN, else subject)."""
+
+    match: str | None = None  # "spiffe://corp.example/ci/{account}"; without it the whole principal
+    account_field: Literal["username", "email"] = "username"
+
+    @model_validator(mode="after")
+    def _template(self) -> MtlsConfig:
+        if self.match is not None:
+            rest = self.match.replace("{account}", "", 1)
+            if "{account}" not in self.match or "{" in rest or "}" in rest:
+                raise ValueError("match must hold exactly one {account} placeholder and no other braces")
+        return self
+
+
 class IdentitySource(_Model):
     jwt: JwtConfig | None = None
     gerrit_http_credentials: GerritHttpCredentialsConfig | None = None
     envoy_jwt_metadata: EnvoyJwtMetadataConfig | None = None
+    mtls: MtlsConfig | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> IdentitySource:
-        if sum(x is not None for x in (self.jwt, self.gerrit_http_credentials, self.envoy_jwt_metadata)) != 1:
-            raise ValueError("each identity entry has exactly one of jwt, gerrit_http_credentials, envoy_jwt_metadata")
+        kinds = (self.jwt, self.gerrit_http_credentials, self.envoy_jwt_metadata, self.mtls)
+        if sum(x is not None for x in kinds) != 1:
+            raise ValueError(
+                "each identity entry has exactly one of jwt, gerrit_http_credentials, envoy_jwt_metadata, mtls"
+            )
         return self
 
 

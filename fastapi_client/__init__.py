@@ -10,13 +10,15 @@
     async def me(who: CurrentIdentity) -> dict[str, object]:
         return {"username": who.username, "account_id": who.account_id}
 
-Tests can replace the service with :class:`fastapi_client.testing.FakeAuthorizer`.
+``install_openapi_security(app)`` lists the HTTP Bearer / Basic schemes in the OpenAPI document (Swagger UI's
+"Authorize"). Tests can replace the service with :class:`fastapi_client.testing.FakeAuthorizer`.
 """
 
 from __future__ import annotations
 
 from ._identity import AuthzIdentity, AuthzUser
 from ._middleware import AuthzMiddleware
+from ._openapi import install_openapi_security
 from .dependencies import CurrentIdentity, OptionalIdentity, current_identity, optional_identity
 
 __all__ = [
@@ -26,5 +28,6 @@ __all__ = [
     "CurrentIdentity",
     "OptionalIdentity",
     "current_identity",
+    "install_openapi_security",
     "optional_identity",
 ]

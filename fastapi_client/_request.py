@@ -16,6 +16,8 @@ from starlette.types import Scope
 
 from authz_server.checkrequest import IDENTITY_HEADER_PREFIXES, build_check_request, join_headers
 
+from ._tls import client_cert_principal
+
 __all__ = [
     "PROTECTED_PREFIXES",
     "RawHeaders",
@@ -106,6 +108,7 @@ def check_request_from_scope(
         request_id=request_id,
         source_address=str(client[0]) if client else "",
         source_port=int(client[1] or 0) if client else 0,
+        source_principal=client_cert_principal(scope),
         context_extensions=context_extensions,
     )
     return request, request_id, generated

@@ -9,6 +9,7 @@ from .._deadline import Deadline
 from .._facts import GerritFacts
 from .._input import CheckInput
 from ..errors import AuthzError
+from ._mtls import MtlsSource
 from ._sources import BasicCredentialsSource, EnvoyJwtMetadataSource, JwtSource
 from ._types import ANONYMOUS, Identity, IdentitySource, Principal
 
@@ -20,6 +21,7 @@ __all__ = [
     "IdentityResolver",
     "IdentitySource",
     "JwtSource",
+    "MtlsSource",
     "Principal",
 ]
 

@@ -20,11 +20,12 @@ __all__ = ["ANONYMOUS", "Identity", "IdentitySource", "Principal"]
 class Principal:
     """A verified caller, before the Gerrit account lookup."""
 
-    source: str  # jwt | gerrit_http_credentials | envoy_jwt_metadata
+    source: str  # jwt | gerrit_http_credentials | envoy_jwt_metadata | mtls
     subject: str
     account_key: AccountKey | None = None  # looked up as a Gerrit account
     account: Account | None = None  # already known (Gerrit verified the credential itself)
     account_source: Source | None = None
+    #: a verified token's claims (empty for Basic and mTLS: the ``claim`` requirement needs a token)
     claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 

@@ -128,6 +128,17 @@ def _valid_until(claims: Mapping[str, Any], now: float, leeway: float) -> float:
     return exp + leeway
 
 
+def _check_lifetime(claims: Mapping[str, Any], maximum: float | None) -> None:
+    """Short-lived tokens only: with ``max_token_lifetime`` set, ``iat`` is required and ``exp - iat`` bounded."""
+    if maximum is None:
+        return
+    iat, exp = _number(claims, "iat"), _number(claims, "exp")
+    if iat is None:
+        raise _invalid("missing claim iat (required by max_token_lifetime)")
+    if exp is not None and exp - iat > maximum:
+        raise _invalid(f"token lifetime {exp - iat:.0f}s exceeds max_token_lifetime {maximum:.0f}s")
+
+
 def _reason(exc: Exception) -> str:
     if isinstance(exc, jwt.MissingRequiredClaimError):
         return f"missing claim {exc.claim}"
@@ -193,6 +204,7 @@ class JwtVerifier:
         if not fitting:
             raise _invalid(f"signing key does not fit algorithm {alg}")
         claims = MappingProxyType(self._decode(token, fitting[0], alg))
+        _check_lifetime(claims, self._config.max_token_lifetime)
         valid_until = _valid_until(claims, self._clock(), self._config.leeway)
         self._claims[digest] = (claims, valid_until)
         if len(self._claims) > self._claims_cache_size:

@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 
-from fastapi_client import AuthzIdentity, AuthzMiddleware, CurrentIdentity, OptionalIdentity
+from fastapi_client import AuthzIdentity, AuthzMiddleware, CurrentIdentity, OptionalIdentity, install_openapi_security
 
 DEFAULT_TARGET = "127.0.0.1:9001"
 
@@ -91,8 +91,11 @@ def create_app(target: str | None = None, *, protect: bool = True, **middleware:
         except WebSocketDisconnect:
             pass
 
+    # Swagger UI at /docs and the document it reads are public; the schemes make its "Authorize" button work.
+    public = ("/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json")
+    install_openapi_security(app, ("jwt", "gerrit_http_credentials"), exclude_paths=public)
     if protect:
-        options: dict[str, Any] = {"exclude_paths": ("/healthz",)}
+        options: dict[str, Any] = {"exclude_paths": public}
         if "GERRIT_AUTHZ_TIMEOUT" in os.environ:
             options["timeout"] = float(os.environ["GERRIT_AUTHZ_TIMEOUT"])
         options.update(middleware)

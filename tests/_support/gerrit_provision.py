@@ -272,3 +272,16 @@ def _provision(url: str, rest: Rest, admin_auth: tuple[str, str]) -> DemoOrg:
         change_secret=change_d,
         bot_capabilities=BOT_CAPABILITIES,
     )
+
+
+def ensure_service_user(url: str, admin_auth: tuple[str, str], username: str) -> int:
+    """A Gerrit service user without email or password (it calls with a client certificate); its account id."""
+    rest = Rest(url, admin_auth)
+    try:
+        rest.call("PUT", f"accounts/{_q(username)}", {"name": username}, accept=(409,))
+        info = rest.get(f"accounts/{_q(username)}")
+    finally:
+        rest.close()
+    if info.get("username") != username:
+        raise GerritRestError(f"account {username!r} has username {info.get('username')!r}")
+    return int(info["_account_id"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import ModuleType
@@ -12,9 +13,11 @@ from typing import Any
 
 import httpx
 import uvicorn
+from _support.tls import TestCA
 from starlette.types import ASGIApp, Message
 
 from fastapi_client import AuthzMiddleware
+from fastapi_client.uvicorn_tls import TlsH11Protocol
 
 CLIENT = ("203.0.113.7", 51234)
 
@@ -76,9 +79,24 @@ async def lifespan(app: ASGIApp) -> AsyncIterator[list[Message]]:
 
 
 @asynccontextmanager
-async def uvicorn_server(app: ASGIApp) -> AsyncIterator[str]:
-    """A real uvicorn on a free loopback port, on the running loop; yields ``http://127.0.0.1:PORT``."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning", ws="websockets-sansio")
+async def uvicorn_server(app: ASGIApp, pki: TestCA | None = None) -> AsyncIterator[str]:
+    """A real uvicorn on a free loopback port, on the running loop; yields ``http://127.0.0.1:PORT``.
+
+    With ``pki``: HTTPS with a certificate from that CA, client certificates from it verified when offered
+    (``CERT_OPTIONAL``) and exposed to the app by :class:`TlsH11Protocol`; yields ``https://127.0.0.1:PORT``."""
+    options: dict[str, Any] = {}
+    if pki is not None:
+        server_cert = pki.issue("uvicorn-server", server=True)
+        options = {
+            "http": TlsH11Protocol,
+            "ssl_certfile": str(server_cert.cert),
+            "ssl_keyfile": str(server_cert.key),
+            "ssl_ca_certs": str(pki.cert),
+            "ssl_cert_reqs": ssl.CERT_OPTIONAL,
+        }
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, lifespan="on", log_level="warning", ws="websockets-sansio", **options
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:
@@ -90,7 +108,7 @@ async def uvicorn_server(app: ASGIApp) -> AsyncIterator[str]:
             task.result()
         assert server.started, "uvicorn did not start"
         port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if pki else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 15)
