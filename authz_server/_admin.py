@@ -13,7 +13,7 @@ from google.protobuf.message import DecodeError
 from ._audit import AuditLog
 from ._cache import CachedGerrit
 from ._deadline import Deadline
-from ._engine import Authorizer, Decision
+from ._engine import Decider, Decision
 from ._response import allowed_headers, denied_body, denied_headers, to_check_response
 from ._servicer import run_check
 from .checkrequest import build_check_request, join_headers
@@ -61,7 +61,7 @@ def explain_response(decision: Decision, check_response_bytes: bytes, retry_afte
             )
             for t in decision.trace
         ],
-        http_status=status_for(decision.error).http,
+        http_status=status_for(None if allowed else decision.error).http,
         headers=allowed_headers(decision) if allowed else denied_headers(decision, retry_after=retry_after),
         body="" if allowed else denied_body(decision),
         check_response=check_response_bytes,
@@ -71,7 +71,7 @@ def explain_response(decision: Decision, check_response_bytes: bytes, retry_afte
 class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
     def __init__(
         self,
-        authorizer: Authorizer,
+        authorizer: Decider,
         cache: CachedGerrit | None,
         *,
         check_timeout: float,
