@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -166,9 +165,7 @@ async def test_atomic_replace_is_picked_up_by_polling(tmp_path: Path, slow_gerri
     assert served.log().count("applied") == 2
 
 
-async def test_invalid_file_keeps_the_running_policy_logs_the_key_and_exits_0(
-    tmp_path: Path, slow_gerrit: str
-) -> None:
+async def test_invalid_file_keeps_the_running_policy_logs_the_key_and_exits_0(tmp_path: Path, slow_gerrit: str) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(config_text(slow_gerrit, OPEN, watch="200ms"))
     bad = config_text(slow_gerrit, "  - {name: open, match: {path_prefix: /x}, requir: anyone}\n", watch="200ms")
@@ -194,10 +191,11 @@ async def test_invalid_file_keeps_the_running_policy_logs_the_key_and_exits_0(
         served.proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(served.proc.wait(), 15) == 0
     # check-config judges the same file the same way (one validation for both).
-    result = subprocess.run(
-        [sys.executable, "-m", "authz_server", "check-config", str(config)], capture_output=True, text=True, timeout=30
+    checker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "authz_server", "check-config", str(config), stderr=asyncio.subprocess.PIPE
     )
-    assert result.returncode == 2 and "rules[0].requir: unknown key" in result.stderr
+    _, err = await asyncio.wait_for(checker.communicate(), 30)
+    assert checker.returncode == 2 and "rules[0].requir: unknown key" in err.decode()
 
 
 async def test_a_check_in_flight_during_a_reload_completes_with_its_old_policy(
