@@ -174,7 +174,9 @@ class Reloader:
         async with self._lock:
             self._seen = _digest(self._path)  # a bad file is reported once, not at every poll
             try:
-                config = self._load(self._path)
+                # Parsing and validating takes tens of milliseconds (pure-Python YAML): off the event loop, so
+                # Checks keep being answered meanwhile.
+                config = await asyncio.to_thread(self._load, self._path)
                 await self._runtime.apply(config)
             except ConfigError as exc:
                 self._stats.failures += 1
