@@ -30,7 +30,16 @@ __all__ = ["LiveRuntime", "Reloader", "needs_restart"]
 log = logging.getLogger("gerrit_authz.reload")
 
 # Server keys read once when the listeners and servicers are built.
-_RESTART_KEYS = ("listen", "admin_listen", "metrics_listen", "reflection", "check_timeout", "retry_after")
+_RESTART_KEYS = (
+    "listen",
+    "admin_listen",
+    "metrics_listen",
+    "reflection",
+    "check_timeout",
+    "retry_after",
+    "shutdown_grace",
+    "config_watch_interval",
+)
 
 
 def needs_restart(old: Config, new: Config) -> list[str]:
