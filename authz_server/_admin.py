@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
@@ -11,15 +11,28 @@ from gerrit_authz.v1 import admin_pb2, admin_pb2_grpc
 from google.protobuf.message import DecodeError
 
 from ._audit import AuditLog
-from ._cache import CachedGerrit
 from ._deadline import Deadline
-from ._engine import Authorizer, Decision
+from ._engine import Decider, Decision
 from ._response import allowed_headers, denied_body, denied_headers, to_check_response
 from ._servicer import run_check
 from .checkrequest import build_check_request, join_headers
 from .errors import AuthzError, status_for
 
-__all__ = ["AdminServicer", "check_request_from_explain", "explain_response"]
+__all__ = ["AdminServicer", "Invalidator", "check_request_from_explain", "explain_response"]
+
+
+class Invalidator(Protocol):
+    """The cache (or the live runtime in front of it) that Invalidate drops answers from."""
+
+    async def invalidate(
+        self,
+        *,
+        account: str | None = None,
+        project: str | None = None,
+        group: str | None = None,
+        change: str | None = None,
+        everything: bool = False,
+    ) -> int: ...
 
 
 def check_request_from_explain(request: admin_pb2.ExplainRequest) -> CheckRequest:
@@ -61,7 +74,7 @@ def explain_response(decision: Decision, check_response_bytes: bytes, retry_afte
             )
             for t in decision.trace
         ],
-        http_status=status_for(decision.error).http,
+        http_status=status_for(None if allowed else decision.error).http,
         headers=allowed_headers(decision) if allowed else denied_headers(decision, retry_after=retry_after),
         body="" if allowed else denied_body(decision),
         check_response=check_response_bytes,
@@ -71,8 +84,8 @@ def explain_response(decision: Decision, check_response_bytes: bytes, retry_afte
 class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
     def __init__(
         self,
-        authorizer: Authorizer,
-        cache: CachedGerrit | None,
+        authorizer: Decider,
+        cache: Invalidator | None,
         *,
         check_timeout: float,
         retry_after: int,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -19,11 +19,13 @@ from ._identity import (
     MtlsSource,
 )
 from ._identity.jwt import JwtVerifier
+from ._opstats import RotationStats
 from ._policy import Policy
+from ._secrets import EnvSecret, Secret, SecretFile, read_secret_file
 from ._store import Store, make_store
 from .config import Config
 
-__all__ = ["Components", "build_components"]
+__all__ = ["Components", "build_components", "credential_key", "service_secret"]
 
 
 @dataclass
@@ -33,32 +35,62 @@ class Components:
     cache: CachedGerrit
     store: Store
     http: httpx.AsyncClient
+    credential_key: bytes = b""
+    stats: RotationStats = field(default_factory=RotationStats)
 
     async def aclose(self) -> None:
         await self.http.aclose()
         await self.store.close()
 
 
+def service_secret(config: Config, stats: RotationStats | None = None) -> Secret:
+    """The service account's password as a live :class:`Secret` (a file is re-read when it changes)."""
+    gerrit = config.gerrit
+    if gerrit.password_file is not None:
+        return SecretFile(gerrit.password_file, "gerrit.password_file", stats)
+    assert gerrit.password_env is not None
+    return EnvSecret(gerrit.password_env)
+
+
+def credential_key(config: Config) -> bytes:
+    """The key credentials are cached under: from ``cache.credential_key_file``, else random for this process.
+
+    It must not come from the service password (that rotates); replicas sharing Redis share the key file.
+    """
+    path = config.cache.credential_key_file
+    if path is None:
+        return os.urandom(32)
+    return b"gerrit-authz credential cache v2\0" + read_secret_file(path, "cache.credential_key_file").encode()
+
+
 def build_components(
-    config: Config, *, transport: httpx.AsyncBaseTransport | None = None, store: Store | None = None
+    config: Config,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    store: Store | None = None,
+    http: httpx.AsyncClient | None = None,
+    key: bytes | None = None,
+    stats: RotationStats | None = None,
 ) -> Components:
-    """Everything a decision needs. ``transport`` and ``store`` are seams for tests."""
-    password = config.gerrit.password()
-    http = make_http_client(
+    """Everything a decision needs. ``transport`` and ``store`` are seams for tests; ``http``, ``store``, ``key``
+    and ``stats`` are also how a reload keeps what it may keep."""
+    stats = stats or RotationStats()
+    secret = service_secret(config, stats)
+    key = key or credential_key(config)
+    http = http or make_http_client(
         max_connections=config.gerrit.max_connections, verify=config.gerrit.verify_tls, transport=transport
     )
-    client = GerritClient(config.gerrit.url, config.gerrit.username, password, http, timeout=config.gerrit.timeout)
+    client = GerritClient(
+        config.gerrit.url, config.gerrit.username, secret, http, timeout=config.gerrit.timeout, stats=stats
+    )
     store = store or make_store(
         config.cache.backend,
         redis_url=config.cache.redis_url,
         namespace=config.cache.namespace,
         max_entries=config.cache.max_entries,
     )
-    # Replicas sharing Redis must derive the same key for credential hashes; the service password is the
-    # one secret they all share, and it never leaves the process.
-    secret = hashlib.sha256(b"gerrit-authz credential cache v1\0" + password.encode()).digest()
     cache = CachedGerrit(
-        client, store, config.cache.ttl, stale_if_error=config.cache.stale_if_error, secret=secret, tree=client
+        client, store, config.cache.ttl, stale_if_error=config.cache.stale_if_error, secret=key, tree=client
     )
     sources: list[IdentitySource] = []
     for entry in config.identity:
@@ -70,5 +102,10 @@ def build_components(
             sources.append(EnvoyJwtMetadataSource(entry.envoy_jwt_metadata))
         elif entry.mtls is not None:
             sources.append(MtlsSource(entry.mtls))
-    authorizer = Authorizer(Policy.from_config(config.rules), IdentityResolver(sources, cache), cache)
-    return Components(config, authorizer, cache, store, http)
+    authorizer = Authorizer(
+        Policy.from_config(config.rules),
+        IdentityResolver(sources, cache),
+        cache,
+        shadow=config.server.mode == "shadow",
+    )
+    return Components(config, authorizer, cache, store, http, key, stats)

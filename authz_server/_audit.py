@@ -46,6 +46,8 @@ def audit_line(decision: Decision, inp: CheckInput | None, *, elapsed_ms: float,
             "request_id": inp.request_id if inp else "",
             "elapsed_ms": round(elapsed_ms, 3),
             "via": via,
+            # In shadow mode "allowed" is what the caller got; http_status and code are the real decision.
+            "shadow": decision.shadow,
         }
     )
 

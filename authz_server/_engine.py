@@ -6,7 +6,8 @@ This is shared by ``Authorization/Check``, ``Admin/Explain`` and ``gerrit-authz 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from ._deadline import Deadline
 from ._evaluate import Context, TraceEntry, evaluate
@@ -14,9 +15,9 @@ from ._facts import GerritFacts
 from ._identity import ANONYMOUS, Identity, IdentityResolver
 from ._input import CheckInput
 from ._policy import Policy
-from .errors import AuthzError, PermissionDenied, Unauthenticated
+from .errors import AuthzError, PermissionDenied, Unauthenticated, status_for
 
-__all__ = ["Authorizer", "Decision", "new_decision_id"]
+__all__ = ["Authorizer", "Decider", "Decision", "new_decision_id"]
 
 
 def new_decision_id() -> str:
@@ -25,45 +26,73 @@ def new_decision_id() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """An allow (``error is None``) or a deny carrying the error that explains it."""
+    """An allow (``error is None``) or a deny carrying the error that explains it.
+
+    ``shadow``: decided in shadow mode. ``error`` is still the real decision, but the request is let through.
+    """
 
     decision_id: str
     error: AuthzError | None
     rule: str = ""
     identity: Identity = ANONYMOUS
     trace: list[TraceEntry] = field(default_factory=list)
+    shadow: bool = False
 
     @property
     def allowed(self) -> bool:
-        return self.error is None
+        """What the caller is answered: allowed when the real decision is, or when it is a shadowed deny."""
+        return self.error is None or self.shadow
 
     @property
     def reason(self) -> str:
         return "" if self.error is None else self.error.reason
 
 
-class Authorizer:
-    """Decides one request. Dependencies come in through the constructor; nothing here does I/O itself."""
+class Decider(Protocol):
+    """What the servicers call: an :class:`Authorizer`, or a live one that a reload swaps."""
 
-    def __init__(self, policy: Policy, identity: IdentityResolver, facts: GerritFacts) -> None:
+    async def decide(self, inp: CheckInput, deadline: Deadline, decision_id: str | None = None) -> Decision: ...
+
+
+def _shadowed(decision: Decision, shadow: bool) -> Decision:
+    """In shadow mode a definite deny (401/403) becomes a let-through. A malformed request (400) or an
+    undecidable one (503) stays enforced: shadow mode watches the policy, it never turns an error into an allow."""
+    if not shadow or decision.error is None:
+        return replace(decision, shadow=shadow) if shadow else decision
+    if status_for(decision.error).http in (401, 403):
+        return replace(decision, shadow=True)
+    return decision
+
+
+class Authorizer:
+    """Decides one request. Dependencies come in through the constructor; nothing here does I/O itself.
+
+    ``shadow``: the whole policy runs in shadow mode (``server.mode: shadow``); a rule may also be shadowed alone.
+    """
+
+    def __init__(self, policy: Policy, identity: IdentityResolver, facts: GerritFacts, *, shadow: bool = False) -> None:
         self._policy = policy
         self._identity = identity
         self._facts = facts
+        self._shadow = shadow
 
     async def decide(self, inp: CheckInput, deadline: Deadline, decision_id: str | None = None) -> Decision:
         decision_id = decision_id or new_decision_id()
+        shadow = [self._shadow]  # the matched rule may turn it on before an error is raised
         try:
-            return await self._decide(inp, deadline, decision_id)
+            decision = await self._decide(inp, deadline, decision_id, shadow)
         except AuthzError as exc:
-            return Decision(decision_id, exc)
+            decision = Decision(decision_id, exc)
+        return _shadowed(decision, shadow[0])
 
-    async def _decide(self, inp: CheckInput, deadline: Deadline, decision_id: str) -> Decision:
+    async def _decide(self, inp: CheckInput, deadline: Deadline, decision_id: str, shadow: list[bool]) -> Decision:
         match = self._policy.match(inp)
         if match is None:
             return Decision(
                 decision_id, PermissionDenied("no_matching_rule", f"no rule matches {inp.method} {inp.path}")
             )
         rule = match.rule
+        shadow[0] = shadow[0] or rule.shadow
         identity = await self._identity.resolve(inp, deadline) if rule.needs_identity else ANONYMOUS
         ctx = Context(identity, match.captures, self._facts, deadline)
         result, trace = await evaluate(rule.require, ctx)

@@ -28,6 +28,8 @@ import httpx
 from ._accounts import AccountKey, carries
 from ._deadline import Deadline
 from ._facts import AccessResult, Account, ChangeInfo, Fact, Group, LabelVotes
+from ._opstats import RotationStats
+from ._secrets import Secret, StaticSecret
 from .errors import Unavailable
 
 __all__ = ["GerritClient", "make_http_client"]
@@ -98,13 +100,35 @@ def _shape_checked(method: _F) -> _F:
 
 
 class GerritClient:
-    """Uncached Gerrit lookups as the service account."""
+    """Uncached Gerrit lookups as the service account.
 
-    def __init__(self, url: str, username: str, password: str, http: httpx.AsyncClient, *, timeout: float) -> None:
+    ``password`` may be a :class:`Secret` that rotates: its current value is used for every request, and when
+    Gerrit refuses the service account (401) it is re-read once and, if it changed, the request is retried once.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        username: str,
+        password: str | Secret,
+        http: httpx.AsyncClient,
+        *,
+        timeout: float,
+        stats: RotationStats | None = None,
+    ) -> None:
         self._base = url.rstrip("/") + "/a/"
-        self._auth = httpx.BasicAuth(username, password)
+        self._username = username
+        self._secret: Secret = StaticSecret(password) if isinstance(password, str) else password
+        self._auth_for = ("", httpx.BasicAuth(username, ""))
         self._http = http
         self._timeout = timeout
+        self._stats = stats or RotationStats()
+
+    def _service_auth(self) -> httpx.BasicAuth:
+        password = self._secret.get()
+        if self._auth_for[0] != password:
+            self._auth_for = (password, httpx.BasicAuth(self._username, password))
+        return self._auth_for[1]
 
     async def _get(
         self,
@@ -115,6 +139,16 @@ class GerritClient:
         auth: httpx.BasicAuth | None = None,
     ) -> Any:
         """Gerrit's JSON answer, or :class:`_Refused` for a definite non-200 answer."""
+        resp = await self._send(path, deadline, params, auth)
+        if resp.status_code == 401 and auth is None and self._secret.refresh():
+            # The password rotated under us (Gerrit first, the file a moment later): one retry, never a loop.
+            self._stats.auth_retries += 1
+            resp = await self._send(path, deadline, params, None)
+        return self._answer(path, resp, service=auth is None)
+
+    async def _send(
+        self, path: str, deadline: Deadline, params: tuple[tuple[str, str], ...], auth: httpx.BasicAuth | None
+    ) -> httpx.Response:
         timeout = deadline.bound(self._timeout)
         if timeout <= 0:
             raise Unavailable(
@@ -122,8 +156,8 @@ class GerritClient:
             )
         try:
             async with asyncio.timeout(timeout):
-                resp = await self._http.get(
-                    self._base + path, params=params or None, auth=auth or self._auth, timeout=timeout
+                return await self._http.get(
+                    self._base + path, params=params or None, auth=auth or self._service_auth(), timeout=timeout
                 )
         except (TimeoutError, httpx.TimeoutException):
             raise Unavailable(
@@ -133,12 +167,14 @@ class GerritClient:
             raise Unavailable(
                 "gerrit_unavailable", f"Gerrit unreachable: {type(exc).__name__}", transient=True
             ) from None
+
+    def _answer(self, path: str, resp: httpx.Response, *, service: bool) -> Any:
         status = resp.status_code
         if status != 200:
             detail = resp.text.strip()[:300]
             if status >= 500 or status == 429:
                 raise Unavailable("gerrit_error", f"Gerrit answered {status} for {path}", detail=detail, transient=True)
-            if status in (401, 403) and auth is None:
+            if status in (401, 403) and service:
                 raise Unavailable("gerrit_auth_failed", f"Gerrit refused the service account ({status})", detail=detail)
             return _Refused(status, detail)
         body = resp.content

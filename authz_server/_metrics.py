@@ -7,12 +7,15 @@ no metric calls of its own and label values are bounded by the configuration (ru
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from ._engine import Decision
+from ._opstats import ReloadStats, RotationStats
 from .errors import status_for
 
 __all__ = ["Metrics", "StreamMetrics"]
@@ -28,8 +31,9 @@ class Metrics:
         self._http: WSGIServer | None = None
         self._decisions = Counter(
             "gerrit_authz_decisions",
-            "Decisions by outcome, HTTP status, error code and rule.",
-            ["allowed", "http_status", "code", "rule"],
+            "Decisions by outcome, HTTP status, error code, rule and mode (enforce, or shadow: the real decision"
+            " of a request that was let through).",
+            ["allowed", "http_status", "code", "rule", "mode"],
             registry=self.registry,
         )
         self._duration = Histogram(
@@ -52,11 +56,16 @@ class Metrics:
             str(status_for(error).http),
             error.code if error else "",
             decision.rule,
+            "shadow" if decision.shadow else "enforce",
         ).inc()
         self._duration.observe(seconds)
         for entry in decision.trace:
             if entry.source:
                 self._lookups.labels(entry.kind, entry.source).inc()
+
+    def track_operations(self, rotation: RotationStats, reloads: ReloadStats) -> None:
+        """Export the rotation and reload counters (read at scrape time)."""
+        self.registry.register(_OperationsCollector(rotation, reloads))
 
     def serve(self, address: str) -> int:
         """Serve ``/metrics`` over HTTP on ``HOST:PORT`` (a daemon thread); returns the bound port."""
@@ -112,3 +121,36 @@ class StreamMetrics:
 
     def reconnect(self) -> None:
         self._reconnects.inc()
+
+
+class _OperationsCollector(Collector):
+    def __init__(self, rotation: RotationStats, reloads: ReloadStats) -> None:
+        self._rotation = rotation
+        self._reloads = reloads
+
+    def collect(self) -> Iterator[Metric]:
+        r = self._rotation
+        yield CounterMetricFamily(
+            "gerrit_authz_secret_rereads",
+            "Service secrets read again (file changed, or refreshed on a 401).",
+            r.rereads,
+        )
+        yield CounterMetricFamily(
+            "gerrit_authz_secret_changes", "Service secret re-reads that found a new value.", r.changes
+        )
+        yield CounterMetricFamily(
+            "gerrit_authz_gerrit_auth_retries",
+            "Gerrit requests retried once after a 401, with the re-read service secret.",
+            r.auth_retries,
+        )
+        reloads = CounterMetricFamily(
+            "gerrit_authz_config_reloads", "Configuration reloads by result.", labels=["result"]
+        )
+        reloads.add_metric(["success"], self._reloads.successes)
+        reloads.add_metric(["failure"], self._reloads.failures)
+        yield reloads
+        yield GaugeMetricFamily(
+            "gerrit_authz_config_last_reload_success_timestamp_seconds",
+            "Unix time the running configuration was applied.",
+            self._reloads.last_success,
+        )

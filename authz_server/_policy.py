@@ -34,6 +34,7 @@ class Rule:
     hosts: frozenset[str] | None = None
     context: Mapping[str, str] | None = None
     needs_identity: bool = True
+    shadow: bool = False  # `mode: shadow`: the rule's denies are audited and counted, not enforced
 
     @classmethod
     def from_config(cls, cfg: RuleConfig) -> Rule:
@@ -47,6 +48,7 @@ class Rule:
             hosts=frozenset(h.lower() for h in m.hosts) if m.hosts else None,
             context=dict(m.context_extensions) if m.context_extensions else None,
             needs_identity=needs_identity(cfg.require),
+            shadow=cfg.mode == "shadow",
         )
 
     def match(self, inp: CheckInput) -> dict[str, str] | None:

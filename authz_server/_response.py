@@ -30,6 +30,8 @@ _OVERWRITE = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
 def allowed_headers(decision: Decision) -> dict[str, str]:
     """Headers set on the upstream request for an allowed decision."""
     headers = {"x-authz-rule": decision.rule, "x-authz-decision-id": decision.decision_id}
+    if decision.error is not None:  # a shadowed deny: tell the upstream what enforcing would have answered
+        headers["x-authz-shadow"] = decision.error.code
     account = decision.identity.account
     if account is not None:
         headers["x-gerrit-account-id"] = str(account.id)
@@ -82,8 +84,8 @@ def _add_options(field: Any, headers: Mapping[str, str]) -> None:
 
 def to_check_response(decision: Decision, inp: CheckInput | None, *, retry_after: int = 5) -> CheckResponse:
     """The CheckResponse Envoy acts on."""
-    status = status_for(decision.error)
-    if decision.error is None:
+    if decision.allowed:
+        status = status_for(None)
         headers = allowed_headers(decision)
         remove = [
             h for h in (inp.headers if inp else ()) if h.startswith(IDENTITY_HEADER_PREFIXES) and h not in headers
@@ -102,6 +104,8 @@ def to_check_response(decision: Decision, inp: CheckInput | None, *, retry_after
         )
         _add_options(response.ok_response.headers, headers)
         return response
+    assert decision.error is not None
+    status = status_for(decision.error)
     return CheckResponse(
         status=RpcStatus(code=status.grpc.value[0], message=decision.error.code),
         denied_response=DeniedHttpResponse(

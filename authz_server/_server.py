@@ -10,6 +10,7 @@ import asyncio
 import gc
 import logging
 import signal
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -24,6 +25,8 @@ from ._app import Components, build_components
 from ._audit import AuditLog, stderr_audit_log
 from ._events import EventFollower
 from ._metrics import Metrics, StreamMetrics
+from ._opstats import ReloadStats
+from ._reload import LiveRuntime, Reloader
 from ._servicer import AuthorizationServicer
 from .config import Config
 
@@ -60,6 +63,8 @@ class AuthzServer:
     admin_address: str = ""
     metrics_address: str = ""
     events: EventFollower | None = None
+    runtime: LiveRuntime | None = None  # the swappable components; ``components`` is what it started with
+    reloads: ReloadStats | None = None
 
     async def start(self) -> None:
         cfg = self.components.config.server
@@ -87,20 +92,25 @@ class AuthzServer:
             await self.events.stop()
         if self.metrics is not None:
             self.metrics.close()
-        await self.components.aclose()
+        await (self.runtime or self.components).aclose()
 
 
 def build_server(config: Config, components: Components | None = None, *, audit: AuditLog | None = None) -> AuthzServer:
     """Build (not start) the servers for ``config``. Audit lines go to ``audit`` (default: the audit logger)."""
     components = components or build_components(config)
     audit = audit or AuditLog()
-    metrics = Metrics() if config.server.metrics_listen else None
     cfg = config.server
+    # Old components are closed (when a reload cannot share them) after the longest a Check may take.
+    runtime = LiveRuntime(components, retire_after=cfg.check_timeout + cfg.shutdown_grace + 1.0)
+    reloads = ReloadStats(successes=0, failures=0, last_success=time.time())
+    metrics = Metrics() if config.server.metrics_listen else None
+    if metrics is not None:
+        metrics.track_operations(components.stats, reloads)
     retry_after = max(1, round(cfg.retry_after))
     server = grpc.aio.server(options=_OPTIONS)
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
         AuthorizationServicer(
-            components.authorizer,
+            runtime,
             check_timeout=cfg.check_timeout,
             retry_after=retry_after,
             audit=audit,
@@ -124,8 +134,8 @@ def build_server(config: Config, components: Components | None = None, *, audit:
         admin = grpc.aio.server(options=_OPTIONS)
         admin_pb2_grpc.add_AdminServicer_to_server(
             AdminServicer(
-                components.authorizer,
-                components.cache,
+                runtime,
+                runtime,
                 check_timeout=cfg.check_timeout,
                 retry_after=retry_after,
                 audit=audit,
@@ -137,8 +147,9 @@ def build_server(config: Config, components: Components | None = None, *, audit:
     events = None
     if config.gerrit.events is not None:
         observer = StreamMetrics(metrics.registry) if metrics is not None else None
-        events = EventFollower(config.gerrit.events, components.cache, observer=observer)
-    return AuthzServer(components, server, admin, health, metrics, events=events)
+        # Through the runtime: after a reload the events reach the cache that Checks use now.
+        events = EventFollower(config.gerrit.events, runtime, observer=observer)
+    return AuthzServer(components, server, admin, health, metrics, runtime=runtime, reloads=reloads, events=events)
 
 
 def tune_gc() -> None:
@@ -153,10 +164,16 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+async def serve(config: Config, *, ready: asyncio.Event | None = None, config_path: str | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully. With ``config_path``, reload it on SIGHUP and when
+    it changes."""
     audit = stderr_audit_log()
     app = build_server(config, audit=audit)
+    reloader = None
+    if config_path is not None and app.runtime is not None and app.reloads is not None:
+        # Before the addresses are printed: a change made as soon as we are up is never missed.
+        reloader = Reloader(config_path, app.runtime, app.reloads, interval=config.server.config_watch_interval)
+        reloader.start()
     await app.start()
     tune_gc()
     print(f"gerrit-authz: ext_authz gRPC listening on {app.address}", flush=True)
@@ -172,6 +189,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         ready.set()
     flusher = asyncio.create_task(_flush_every(audit, 0.2))
     await stop.wait()
+    if reloader is not None:
+        await reloader.stop()
     log.info("shutting down: health NOT_SERVING, draining for %.1fs", config.server.shutdown_grace)
     await app.stop()
     flusher.cancel()

@@ -12,7 +12,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
 from ._audit import AuditLog
 from ._deadline import Deadline
-from ._engine import Authorizer, Decision, new_decision_id
+from ._engine import Decider, Decision, new_decision_id
 from ._input import CheckInput, parse_check_request
 from ._metrics import Metrics
 from ._response import to_check_response
@@ -24,7 +24,7 @@ log = logging.getLogger("gerrit_authz.check")
 
 
 async def run_check(
-    authorizer: Authorizer,
+    authorizer: Decider,
     request: CheckRequest,
     deadline: Deadline,
 ) -> tuple[Decision, CheckInput | None]:
@@ -46,7 +46,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
 
     def __init__(
         self,
-        authorizer: Authorizer,
+        authorizer: Decider,
         *,
         check_timeout: float,
         retry_after: int,

@@ -69,7 +69,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     config = _load_runnable(args.config)
     _setup_logging(args.log_level)
-    asyncio.run(serve(config))
+    asyncio.run(serve(config, config_path=args.config))
     return 0
 
 

@@ -89,6 +89,10 @@ class ServerConfig(_Model):
     check_timeout: Duration = 1.0
     shutdown_grace: Duration = 5.0
     retry_after: Duration = 5.0
+    # shadow: every would-be deny (401/403) is allowed, audited and counted with the code it would have returned.
+    mode: Literal["enforce", "shadow"] = "enforce"
+    # How often the config file is checked for changes (0 turns polling off; SIGHUP still reloads).
+    config_watch_interval: Duration = 2.0
 
 
 class EventsConfig(_Model):
@@ -240,6 +244,9 @@ class CacheConfig(_Model):
     stale_if_error: Duration = 300.0
     # The memory backend's bound (least recently used evicted first); Redis bounds itself (maxmemory).
     max_entries: int = Field(default=100_000, ge=100)
+    # Key for the hashes credentials are cached under; replicas sharing Redis need the same one. Without it
+    # each process picks a random key (credential entries are then private to that process).
+    credential_key_file: Path | None = None
 
     @model_validator(mode="after")
     def _redis_url(self) -> CacheConfig:
@@ -283,6 +290,7 @@ class RuleConfig(_Model):
     name: str = Field(min_length=1)
     match: MatchConfig = MatchConfig()
     require: Annotated[Any, BeforeValidator(_requirement)]
+    mode: Literal["enforce", "shadow"] = "enforce"
 
     @model_validator(mode="after")
     def _captures(self) -> RuleConfig:

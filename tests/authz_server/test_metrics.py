@@ -59,9 +59,10 @@ async def test_decisions_durations_and_lookup_sources_are_exported(tmp_path: Pat
     def decisions(**labels: str) -> float:
         return got[("gerrit_authz_decisions_total", tuple(sorted(labels.items())))]
 
-    assert decisions(allowed="true", http_status="200", code="", rule="health") == 1
-    assert decisions(allowed="false", http_status="401", code="missing_credentials", rule="signed-in") == 1
-    assert decisions(allowed="true", http_status="200", code="", rule="signed-in") == 2
+    assert decisions(allowed="true", http_status="200", code="", rule="health", mode="enforce") == 1
+    denied = {"allowed": "false", "http_status": "401", "code": "missing_credentials", "rule": "signed-in"}
+    assert decisions(**denied, mode="enforce") == 1
+    assert decisions(allowed="true", http_status="200", code="", rule="signed-in", mode="enforce") == 2
     assert got[("gerrit_authz_check_duration_seconds_count", ())] == 4
     assert "alice" not in scraped and "YWxpY2U6cHc=" not in scraped  # no identities, no credentials
 

@@ -468,12 +468,21 @@ def test_gerrit_authz_deployment() -> None:
         assert container[probe]["grpc"]["port"] == 9001, f"{probe} must be a native gRPC probe on 9001"
     assert {"requests", "limits"} <= set(container["resources"])
 
-    (env,) = [e for e in container["env"] if e["name"] == "GERRIT_AUTHZ_PASSWORD"]
-    ref = env["valueFrom"]["secretKeyRef"]
-    secret = _object("Secret", ref["name"])
-    assert ref["key"] in {**secret.get("stringData", {}), **secret.get("data", {})}
-
     mounts = {m["name"]: m for m in container["volumeMounts"]}
+    # The password is a mounted file, not an env var, so a rotated Secret reaches the running pod; no
+    # mount uses subPath, which would freeze the file at start-up.
+    assert not any("subPath" in m for m in container["volumeMounts"])
+    assert not any(e["name"] == "GERRIT_AUTHZ_PASSWORD" for e in container.get("env", []))
+    (secret_volume,) = [v for v in pod["volumes"] if "secret" in v]
+    secret = _object("Secret", secret_volume["secret"]["secretName"])
+    secret_dir = Path(mounts[secret_volume["name"]]["mountPath"])
+    from authz_server.config import parse_config
+
+    config = parse_config(yaml.safe_load(_object("ConfigMap", "gerrit-authz-config")["data"]["config.yaml"]))
+    keys = {**secret.get("stringData", {}), **secret.get("data", {})}
+    for path in (config.gerrit.password_file, config.cache.credential_key_file):
+        assert path is not None and path.parent == secret_dir and path.name in keys
+
     (config_volume,) = [v for v in pod["volumes"] if "configMap" in v]
     assert mounts[config_volume["name"]]["mountPath"] == str(Path(CONFIG_PATH).parent)
     config_map = _object("ConfigMap", config_volume["configMap"]["name"])
@@ -491,7 +500,7 @@ def test_gerrit_authz_configmap_is_a_valid_config() -> None:
     config = parse_config(yaml.safe_load(config_map["data"]["config.yaml"]))
     assert config.server.listen == "0.0.0.0:9001"
     assert config.server.admin_listen is not None and config.server.admin_listen.startswith("127.0.0.1:")
-    assert config.gerrit.password_env == "GERRIT_AUTHZ_PASSWORD"
+    assert config.gerrit.password_file is not None and config.cache.credential_key_file is not None
     assert config.cache.backend == "redis"
     redis_url = re.fullmatch(r"redis://([^:/]+):(\d+)(/\d+)?", config.cache.redis_url or "")
     assert redis_url, config.cache.redis_url

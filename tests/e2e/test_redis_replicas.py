@@ -35,7 +35,12 @@ async def replica(tmp_path: Path, name: str, gerrit: Any, redis_url: str) -> Asy
     data["server"].update(listen="127.0.0.1:0", admin_listen="127.0.0.1:0")
     data["gerrit"].update(url=gerrit.server.url, username="authz-bot", password_env="REPLICA_GERRIT_PASSWORD")
     data["identity"] = [{"gerrit_http_credentials": {}}]
-    data["cache"].update(backend="redis", redis_url=redis_url)
+    # One credential key file for all replicas, so B finds A's cached credential checks (README: without it
+    # each replica hashes credentials under its own random key).
+    key_file = tmp_path / "credential-key"
+    if not key_file.exists():
+        key_file.write_text("replicas-share-this-key")
+    data["cache"].update(backend="redis", redis_url=redis_url, credential_key_file=str(key_file))
     config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump(data))
     env = {**os.environ, "REPLICA_GERRIT_PASSWORD": gerrit.org.bot.http_password}
