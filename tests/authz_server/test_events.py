@@ -167,8 +167,23 @@ def test_stream_metrics_count_events_and_invalidations() -> None:
     assert registry.get_sample_value("gerrit_authz_events_seconds_since_last_event") == 2.5
 
 
+def _uncomment_block(text: str, head: str) -> str:
+    """Uncomment the commented-out block that starts with ``head`` (and only it: other examples stay comments)."""
+    out, inside = [], False
+    for line in text.splitlines():
+        if line.startswith(head):
+            inside = True
+            line = line.replace("# ", "", 1)
+        elif inside and line.startswith("  #   "):
+            line = "    " + line[len("  #   ") :]
+        else:
+            inside = False
+        out.append(line)
+    return "\n".join(out)
+
+
 def test_the_examples_events_block_parses(example_config_path: Path) -> None:
-    text = example_config_path.read_text().replace("  # events:", "  events:").replace("  #   ", "    ")
+    text = _uncomment_block(example_config_path.read_text(), "  # events:")
     config = parse_config(yaml.safe_load(text))
     assert config.gerrit.events is not None
     assert (config.gerrit.events.username, config.gerrit.events.port) == ("authz-bot", 29418)
