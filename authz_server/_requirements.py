@@ -43,8 +43,9 @@ __all__ = [
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _CHANGE_STATUSES = frozenset({"NEW", "MERGED", "ABANDONED"})
-#: The mapping kinds of the language (besides the words ``anyone`` and ``authenticated``).
-KINDS = frozenset({"group", "permission", "capability", "change", "all", "any", "not"})
+#: The mapping kinds of the language (besides the words ``anyone`` and ``authenticated``); a key of a requirement
+#: mapping that is none of these is reported as an unknown key. ``claim`` is the contract's token-claim kind.
+KINDS = frozenset({"group", "permission", "capability", "change", "claim", "all", "any", "not"})
 
 
 @dataclass(frozen=True, slots=True)

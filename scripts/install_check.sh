@@ -73,7 +73,7 @@ set -e
 server_pid=""
 [[ $rc -eq 0 ]] || fail "serve exited $rc after SIGTERM: $(cat serve.err)"
 grep -q "gerrit-authz: stopped" serve.out || fail "serve did not report stopping"
-echo "install-check: plain install OK (check-config, serve, health, SIGTERM -> 0)"
+echo "install-check: plain install OK (check-config, serve, health, SIGTERM -> 0) in ${SECONDS}s"
 
 if [[ -n "${SKIP_QUICKSTART_CLONE:-}" ]]; then
   echo "install-check: SKIP_QUICKSTART_CLONE set: the bare-clone quickstart was not run"
@@ -87,4 +87,4 @@ echo "install-check: scripts/quickstart.sh from a bare clone"
 (cd "$work/alone/gerrit-authz" && timeout 900 scripts/quickstart.sh >"$work/quickstart.out" 2>&1) \
   || { tail -n 60 "$work/quickstart.out" >&2; fail "quickstart from a bare clone failed"; }
 grep -q "tour complete" "$work/quickstart.out" || fail "the quickstart tour did not complete"
-echo "install-check: quickstart from a bare clone OK"
+echo "install-check: quickstart from a bare clone OK (${SECONDS}s in all)"
