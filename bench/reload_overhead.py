@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 import sys
 import tempfile
 import time
@@ -61,12 +62,14 @@ async def main() -> None:
                 await decide(inp, deadline)
             return (time.perf_counter() - start) / N * 1e6
 
-        direct = min([await per_call(components.authorizer) for _ in range(3)])
-        live = min([await per_call(runtime) for _ in range(3)])
+        await per_call(runtime)  # warm-up
+        pairs = [(await per_call(components.authorizer), await per_call(runtime)) for _ in range(5)]  # alternating
+        direct, live = min(p[0] for p in pairs), min(p[1] for p in pairs)
         print(f"decide(): Authorizer {direct:.2f} us, LiveRuntime {live:.2f} us, ratio {live / direct:.3f}")
 
         secret_file, fixed = SecretFile(tmp / "pw"), StaticSecret("bench-password")
         for name, secret in (("StaticSecret", fixed), ("SecretFile", secret_file)):
+            secret.get()
             start = time.perf_counter()
             for _ in range(N):
                 secret.get()
@@ -117,4 +120,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    print(f"load average at start: {os.getloadavg()[0]:.1f}")
     asyncio.run(main())

@@ -235,3 +235,24 @@ async def test_changed_listen_address_is_logged_as_needing_a_restart(tmp_path: P
             assert (await check(external_auth_pb2_grpc.AuthorizationStub(channel))).status.code == 0
         served.proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(served.proc.wait(), 15) == 0
+
+
+async def test_reloading_server_mode_shadow_lets_would_be_denies_through(tmp_path: Path, slow_gerrit: str) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(config_text(slow_gerrit, HEALTH_ONLY))
+    async with serving(tmp_path, config) as served:
+        async with grpc.aio.insecure_channel(served.address) as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            assert (await check(stub)).status.code == 7
+            config.write_text(
+                config_text(slow_gerrit, HEALTH_ONLY).replace(
+                    "config_watch_interval", "mode: shadow, config_watch_interval"
+                )
+            )
+            served.proc.send_signal(signal.SIGHUP)
+            await until_code(stub, 0)
+            headers = {h.header.key: h.header.value for h in (await check(stub)).ok_response.headers}
+            assert headers["x-authz-shadow"] == "no_matching_rule"
+        served.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(served.proc.wait(), 15) == 0
+    assert '"shadow":true' in served.log() and '"code":"no_matching_rule"' in served.log()
