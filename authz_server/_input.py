@@ -28,9 +28,10 @@ MAX_PATH_BYTES = 8192
 
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
-_CONTROL_OR_BACKSLASH = re.compile(r"[\x00-\x20\x7f\\]")
+# bytes.translate deletes every allowed byte in C: what is left is forbidden (a regex scan of 8 KiB is 10x slower).
+_RAW_ALLOWED = bytes(b for b in range(256) if b > 0x20 and b not in (0x7F, 0x5C))
 # After decoding: a space is an ordinary character, but control bytes and backslashes still are not.
-_DECODED_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\]")
+_DECODED_ALLOWED = bytes(b for b in range(256) if b >= 0x20 and b not in (0x7F, 0x5C))
 _KEPT = {b"2F": b"%2F", b"2f": b"%2F", b"25": b"%25"}
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -75,34 +76,38 @@ def slash_view(path: str) -> str:
     return path.replace("%2F", "/")
 
 
+# A "." or ".." segment, also with ";params" (Tomcat and Jetty drop them before resolving dot-segments).
+_DOT_SEGMENT = re.compile(r"/\.\.?(?:;[^/]*)?(?=/|$)")
+
+
 def _check_segments(path: str, what: str) -> None:
-    segments = path.split("/")
-    last = len(segments) - 1
-    for i in range(1, len(segments)):
-        seg = segments[i]
-        if seg == "":
-            if i != last:
-                raise BadRequest("malformed_path", f"empty path segment ('//'){what}")
-        elif seg[0] == "." and seg.partition(";")[0] in (".", ".."):  # "..;x": Tomcat/Jetty drop path parameters
-            raise BadRequest("malformed_path", f"dot-segments are not allowed in path{what}")
+    # Regular expressions and `in` rather than a loop over segments: an 8 KiB path has thousands of them.
+    if "//" in path:
+        raise BadRequest("malformed_path", f"empty path segment ('//'){what}")
+    if "/." in path and _DOT_SEGMENT.search(path):
+        raise BadRequest("malformed_path", f"dot-segments are not allowed in path{what}")
 
 
 def normalize_path(raw: str) -> str:
     """The canonical path (no query) that rules match; raises :class:`BadRequest` for anything ambiguous."""
-    if len(raw) > MAX_PATH_BYTES or len(raw.encode("utf-8")) > MAX_PATH_BYTES:
+    try:
+        encoded = raw.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no protobuf string carries one, but never crash on it
+        raise BadRequest("malformed_path", "the path is not valid UTF-8") from None
+    if len(encoded) > MAX_PATH_BYTES:
         raise BadRequest("path_too_long", f"path longer than {MAX_PATH_BYTES} bytes")
     if not raw.startswith("/"):
         raise BadRequest("malformed_path", "path must start with '/'")
     if "%" in raw and _BAD_PERCENT.search(raw):
         raise BadRequest("malformed_path", "invalid percent-encoding in path")
-    if _CONTROL_OR_BACKSLASH.search(raw):
+    if encoded.translate(None, _RAW_ALLOWED):
         raise BadRequest("malformed_path", "control characters, spaces or backslashes in path")
     if ";" in raw:
         # Tomcat and Jetty drop ";params" before routing, so "/admin;x/y" would be "/admin/y" upstream while it
         # matched no "/admin/" rule here.
         raise BadRequest("malformed_path", "path parameters (';') are not allowed in path")
     path = canonical_path(raw)
-    if path is not raw and _DECODED_FORBIDDEN.search(path):
+    if path is not raw and path.encode("utf-8").translate(None, _DECODED_ALLOWED):
         raise BadRequest("malformed_path", "encoded NUL, control byte or backslash in path")
     _check_segments(path, "")
     if "%2F" in path:

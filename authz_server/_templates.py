@@ -82,6 +82,7 @@ class PathTemplate:
     runs: tuple[_Run, ...]  # len(runs) == len(path_names) + 1
     run_names: tuple[tuple[str, ...], ...]  # the one-segment capture names of each run, in order
     path_names: tuple[str, ...]
+    head: str = "/"  # the literal text before the first capture: a cheap first test
 
     @classmethod
     def compile(cls, source: str) -> PathTemplate:
@@ -120,7 +121,10 @@ class PathTemplate:
             run, these = [], []
         runs.append(tuple(run))
         run_names.append(tuple(these))
-        return cls(source, tuple(names), tuple(runs), tuple(run_names), tuple(path_names))
+        literals = [r for r in runs[0]]
+        fixed = literals[: literals.index(None)] if None in literals else literals
+        head = "/" + "/".join(str(part) for part in fixed) + ("/" if fixed and len(fixed) < len(segments) else "")
+        return cls(source, tuple(names), tuple(runs), tuple(run_names), tuple(path_names), head)
 
     def _place(self, segs: list[str]) -> list[int] | None:
         """Start index of every run (linear; raises ``ambiguous_path`` when the split is not unique)."""
@@ -163,7 +167,9 @@ class PathTemplate:
 
     def match(self, path: str) -> dict[str, str] | None:
         """Decoded captures when ``path`` (canonical, without query) matches the whole template."""
-        if not path.startswith("/"):
+        if not path.startswith(self.head):
+            return None
+        if not self.path_names and path.count("/") != len(self.runs[0]):
             return None
         segs = path.split("/")[1:]
         starts = self._place(segs)
