@@ -1,6 +1,7 @@
 """Path templates: ``/artifacts/{project}/-/{branch}/{file:path}``.
 
-``{name}`` matches exactly one non-empty segment, ``{name:path}`` one or more. Matching runs on the canonical
+``{name}`` matches exactly one non-empty segment, ``{name:path}`` one or more (a final one also takes a trailing
+slash: ``out/``, or ``""`` for ``.../main/``, as upstream path converters do). Matching runs on the canonical
 path (:func:`authz_server._input.canonical_path`: decoded except ``%2F``/``%25``), so an encoded slash stays inside
 its segment; captures are decoded afterwards, which makes ``platform%2Fbuild`` the Gerrit project
 ``platform/build``. ``{capture}`` placeholders in requirement values are filled with :func:`fill`.
@@ -140,7 +141,10 @@ class PathTemplate:
         if not _fits(first, segs, 0) or not _fits(last, segs, end):
             return None
         lo = len(first)
-        if "" in segs[lo:end]:  # only a trailing literal may be empty, and captures never are
+        # Captures never take an empty segment, except the trailing one after a final {x:path}: upstreams'
+        # path converters (Starlette's ".*") serve "/files/out/" with that handler, so the rule must apply too.
+        inner = end - 1 if not last and segs[-1] == "" else end
+        if "" in segs[lo:inner]:
             return None
         middle = runs[1:-1]
         left: list[int] = []

@@ -44,7 +44,8 @@ def _ref_template(parts: list[str], segs: list[str]) -> dict[str, str] | None:
         found = _ref_template(rest, segs[1:])
         return None if found is None else {m.group(1): segs[0].replace(IN_SEGMENT, "/"), **found}
     for take in range(len(segs), 0, -1):
-        if "" in segs[:take]:
+        # A final {x:path} also takes a trailing slash (Starlette's ".*" does); no other empty segment.
+        if "" in (segs[: take - 1] if not rest and take == len(segs) else segs[:take]):
             continue
         found = _ref_template(rest, segs[take:])
         if found is not None:

@@ -29,7 +29,6 @@ def test_path_capture_takes_one_or_more_segments() -> None:
         "file": "out/sub/app.tar",
     }
     assert ARTIFACTS.match("/artifacts/p/-/main/app.tar") == {"project": "p", "branch": "main", "file": "app.tar"}
-    assert ARTIFACTS.match("/artifacts/p/-/main/") is None
 
 
 def test_encoded_slash_stays_in_its_segment_and_decodes_to_slash() -> None:
@@ -141,8 +140,11 @@ def test_path_capture_in_the_middle_with_fixed_runs_on_both_sides() -> None:
     assert template.match("/r/1/end/2") is None
 
 
-def test_trailing_slash_is_not_part_of_a_path_capture() -> None:
-    assert ARTIFACTS.match("/artifacts/p/-/main/out/") is None
+def test_a_final_path_capture_takes_a_trailing_slash_as_upstream_path_converters_do() -> None:
+    assert ARTIFACTS.match("/artifacts/p/-/main/out/") == {"project": "p", "branch": "main", "file": "out/"}
+    assert ARTIFACTS.match("/artifacts/p/-/main/") == {"project": "p", "branch": "main", "file": ""}
+    assert PathTemplate.compile("/a/{x:path}/b").match("/a/x//b") is None  # not in the middle
+    assert PathTemplate.compile("/a/{x:path}/b").match("/a/x/b/") is None
     assert PathTemplate.compile("/admin/").match("/admin/") == {}
 
 
