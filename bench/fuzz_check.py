@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import random
 import socket
 import sys
@@ -184,6 +185,33 @@ async def long_path_latency(stub: Any, count: int) -> dict[str, float]:
     }
 
 
+async def in_process_latency(app: Any, count: int) -> dict[str, float]:
+    """The same 8 KiB Check without gRPC: wall time and this thread's CPU time (robust to a busy machine)."""
+    from authz_server._deadline import Deadline
+    from authz_server._response import to_check_response
+    from authz_server._servicer import run_check
+
+    path = ("/artifacts/p/-/main/" + "a/" * ((MAX_PATH_BYTES - 21) // 2))[:MAX_PATH_BYTES]
+    request = build_check_request("GET", path, host="svc.local")
+    wall: list[float] = []
+    cpu: list[float] = []
+    for _ in range(count):
+        w, c = time.perf_counter(), time.thread_time()
+        decision, inp = await run_check(app.components.authorizer, request, Deadline.after(1.0))
+        to_check_response(decision, inp, retry_after=1)
+        cpu.append((time.thread_time() - c) * 1000)
+        wall.append((time.perf_counter() - w) * 1000)
+    wall.sort()
+    cpu.sort()
+    p99 = int(count * 0.99) - 1
+    return {
+        "wall_p50_ms": round(wall[count // 2], 3),
+        "wall_p99_ms": round(wall[p99], 3),
+        "cpu_p50_ms": round(cpu[count // 2], 3),
+        "cpu_p99_ms": round(cpu[p99], 3),
+    }
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=100_000)
@@ -204,6 +232,7 @@ async def main() -> None:
                 tally = await fuzz(stub, args.n, args.seed)
                 elapsed = time.perf_counter() - started
                 latency = await long_path_latency(stub, args.long)
+                latency["in_process"] = await in_process_latency(app, args.long)  # type: ignore[assignment]
         finally:
             await app.stop(grace=1.0)
     result = {
@@ -214,6 +243,7 @@ async def main() -> None:
         "off_contract": tally["off_contract"],
         "statuses": {k: v for k, v in sorted(tally.items()) if k.startswith("status_")},
         "long_path": latency,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
     print(json.dumps(result, indent=2))
     if args.json:
