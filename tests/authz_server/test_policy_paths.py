@@ -155,3 +155,25 @@ def test_a_prefix_is_compared_decoded() -> None:
     inp = parse_check_request(check_request("GET", "/c/+/x"))
     found = Policy.from_config(rules).match(inp)
     assert found is not None and found.rule.name == "plus"
+
+
+@pytest.mark.parametrize(
+    ("match", "key"),
+    [
+        ({"path_prefix": "/a%2Fb/"}, "rules[0].match"),
+        ({"path_prefix": "/%FF/"}, "rules[0].match"),
+        ({"path": "/ops%2Frestart"}, "rules[0].match"),
+        ({"path": "/{a:path}/{b:path}"}, "rules[0].match"),
+    ],
+)
+def test_templates_and_prefixes_that_cannot_match_one_way_are_config_errors(match: dict[str, str], key: str) -> None:
+    from authz_server.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        parse_config(
+            {
+                "gerrit": {"url": "http://g", "username": "u", "password_env": "P"},
+                "rules": [{"name": "r", "match": match, "require": "anyone"}],
+            }
+        )
+    assert err.value.errors[0][0] == key
