@@ -1,11 +1,18 @@
-"""Rules: which requirement tree applies to a request. First matching rule wins; no match is a deny."""
+"""Rules: which requirement tree applies to a request. First matching rule wins; no match is a deny.
+
+One path, one rule: the upstream decodes ``%2F`` to ``/`` before routing, gerrit-authz keeps it inside its
+segment. A path with ``%2F`` is therefore matched twice when it has to be: it is accepted when every ``%2F`` lies
+in a segment a capture of the chosen rule takes (``/artifacts/platform%2Fbuild/...``), or when the path with
+``%2F`` read as ``/`` picks the same rule; otherwise the choice of rule would depend on the spelling, and the
+request is refused (400 ``ambiguous_path``). A rule whose methods include GET also governs HEAD.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ._input import CheckInput
+from ._input import CheckInput, canonical_path, slash_view
 from ._requirements import Requirement, needs_identity
 from ._templates import PathTemplate
 from .config import RuleConfig
@@ -42,9 +49,10 @@ class Rule:
         return cls(
             name=cfg.name,
             require=cfg.require,
-            methods=frozenset(x.upper() for x in m.methods) if m.methods else None,
+            methods=_methods(m.methods),
             template=PathTemplate.compile(m.path) if m.path is not None else None,
-            prefix=m.path_prefix,
+            # The path is matched decoded, so the prefix is too ("/src/%2B/" and "/src/+/" are one prefix).
+            prefix=canonical_path(m.path_prefix) if m.path_prefix is not None else None,
             hosts=frozenset(h.lower() for h in m.hosts) if m.hosts else None,
             context=dict(m.context_extensions) if m.context_extensions else None,
             needs_identity=needs_identity(cfg.require),
@@ -52,27 +60,25 @@ class Rule:
         )
 
     def match(self, inp: CheckInput) -> dict[str, str] | None:
-        """The decoded path captures when this rule applies to ``inp``, else None."""
+        """The decoded path captures when this rule applies to ``inp``, else None (``%2F`` taken as in-segment)."""
+        return self.match_path(inp, inp.path)
+
+    def match_path(self, inp: CheckInput, path: str) -> dict[str, str] | None:
+        """Like :meth:`match`, for ``path`` (canonical) instead of ``inp.path``."""
         if self.methods is not None and inp.method not in self.methods:
             return None
         if self.hosts is not None and inp.host not in self.hosts and _without_port(inp.host) not in self.hosts:
             return None
         if self.context is not None and any(inp.context_extensions.get(k) != v for k, v in self.context.items()):
             return None
-        if self.prefix is not None and not inp.path.startswith(self.prefix):
+        if self.prefix is not None and not path.startswith(self.prefix):
             return None
         if self.template is None:
             return {}
         try:
-            captures = self.template.match(inp.path)
+            return self.template.match(path)
         except UnicodeDecodeError:
             raise BadRequest("malformed_path", "a path segment is not valid UTF-8 once decoded") from None
-        if captures is not None:
-            for value in captures.values():
-                # "a%2F..%2Fb" is one segment on the wire but the name "a/../b" once decoded: refuse, never guess.
-                if "\0" in value or any(part in (".", "..", "") for part in value.split("/")):
-                    raise BadRequest("malformed_path", "an encoded path segment decodes to an empty or dot segment")
-        return captures
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +97,43 @@ class Policy:
     def from_config(cls, rules: Sequence[RuleConfig]) -> Policy:
         return cls([Rule.from_config(r) for r in rules])
 
-    def match(self, inp: CheckInput) -> Match | None:
+    def _first(self, inp: CheckInput, path: str) -> Match | None:
         for rule in self.rules:
-            captures = rule.match(inp)
+            captures = rule.match_path(inp, path)
             if captures is not None:
                 return Match(rule, captures)
         return None
+
+    def match(self, inp: CheckInput) -> Match | None:
+        """The first rule for ``inp``; raises ``ambiguous_path`` when an encoded slash could change it."""
+        found = self._first(inp, inp.path)
+        if "%2F" not in inp.path:
+            return found
+        if found is not None and _slashes_captured(found):
+            return found
+        other = self._first(inp, slash_view(inp.path))
+        if (other.rule if other else None) is (found.rule if found else None):
+            return found
+        raise BadRequest(
+            "ambiguous_path",
+            "an encoded slash ('%2F') outside a captured segment changes which rule applies "
+            f"({found.rule.name if found else 'no rule'} as one segment, {other.rule.name if other else 'no rule'}"
+            " as a slash)",
+        )
+
+
+def _methods(methods: Sequence[str] | None) -> frozenset[str] | None:
+    if not methods:
+        return None
+    upper = frozenset(x.upper() for x in methods)
+    # Frameworks answer HEAD with the GET handler, so whoever may GET a resource governs its HEAD too.
+    return upper | {"HEAD"} if "GET" in upper else upper
+
+
+def _slashes_captured(found: Match) -> bool:
+    """Whether every ``%2F`` of the path lies inside a segment taken by a capture of the matched rule.
+
+    Template literals never contain ``%2F`` (refused at compile time), so when a template matched the whole path
+    every encoded slash is in a captured segment; a prefix rule captures nothing.
+    """
+    return found.rule.template is not None

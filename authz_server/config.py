@@ -269,6 +269,11 @@ class MatchConfig(_Model):
             raise ValueError("use either path or path_prefix, not both")
         if self.path_prefix is not None and not self.path_prefix.startswith("/"):
             raise ValueError("path_prefix must start with '/'")
+        if self.path_prefix is not None and "%" in self.path_prefix:
+            try:  # compared decoded, like the path (see _input.canonical_path)
+                PathTemplate.compile(self.path_prefix.replace("{", "%7B").replace("}", "%7D") + "x")
+            except TemplateError as exc:
+                raise ValueError(f"path_prefix: {exc}") from None
         if self.path is not None:
             try:
                 PathTemplate.compile(self.path)

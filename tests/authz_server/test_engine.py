@@ -273,11 +273,12 @@ class TestMatching:
         ]
         assert (await decide(rules, org(), "GET", "/", context_extensions=extensions)).rule == rule
 
-    async def test_capture_that_is_not_utf8_is_400(self) -> None:
-        rules = [{"name": "r", "match": {"path": "/p/{project}"}, "require": "anyone"}]
-        decision = await decide(rules, org(), "GET", "/p/%FF")
-        assert isinstance(decision.error, BadRequest)
-        assert http_status(decision) == 400
+    def test_capture_that_is_not_utf8_is_400(self) -> None:
+        # Every escape but %2F is decoded before matching, so bad UTF-8 is refused before any rule is tried.
+        with pytest.raises(BadRequest) as info:
+            make_input("GET", "/p/%FF")
+        assert info.value.code == "malformed_path"
+        assert status_for(info.value).http == 400
 
 
 class TestErrors:
