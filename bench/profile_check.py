@@ -30,7 +30,7 @@ import servers  # noqa: E402
 from run import basic, check_request  # noqa: E402
 
 from authz_server._app import build_components  # noqa: E402
-from authz_server._audit import audit  # noqa: E402
+from authz_server._audit import stderr_audit_log  # noqa: E402
 from authz_server._deadline import Deadline  # noqa: E402
 from authz_server._input import parse_check_request  # noqa: E402
 from authz_server._response import to_check_response  # noqa: E402
@@ -51,6 +51,10 @@ def _logging_to_devnull() -> None:
         _setup_logging("info")
     finally:
         sys.stderr = saved
+
+
+# The server's own audit writer (buffered, as `serve` runs it), into /dev/null.
+audit = stderr_audit_log(open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
 
 
 async def _stages(components: Any, request: Any, n: int) -> dict[str, float]:
@@ -128,7 +132,7 @@ async def main() -> None:
     auth = "Bearer " + servers._token(key, gerrit_double.user_email(0)) if args.jwt else basic(0)
     request = check_request(auth)
     cfg = config.server
-    servicer = AuthorizationServicer(components.authorizer, check_timeout=cfg.check_timeout, retry_after=5)
+    servicer = AuthorizationServicer(components.authorizer, check_timeout=cfg.check_timeout, retry_after=5, audit=audit)
     await _direct(servicer, request, 10)  # warm the cache (and the JWKS)
     requests_when_warm = sum(double.counts.values())
 

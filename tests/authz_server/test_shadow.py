@@ -95,8 +95,12 @@ async def test_an_outage_is_never_turned_into_an_allow_by_shadow_mode(shadow_glo
 
 
 async def test_a_malformed_request_stays_400_in_global_shadow() -> None:
-    decision = await decide(
-        [{"name": "p", "match": {"path": "/r/{x}"}, "require": "anyone"}], "/r/a%2F..%2Fb", shadow=True
-    )
+    # A %2F that changes the rule is refused by the policy, inside the decision: shadow must not let it through.
+    rules = [
+        {"name": "admin", "match": {"path": "/admin/{x}"}, "require": "anyone"},
+        {"name": "rest", "match": {"path_prefix": "/"}, "require": "anyone"},
+    ]
+    decision = await decide(rules, "/admin%2Fx", shadow=True)
+    assert decision.error is not None and decision.error.code == "ambiguous_path"
     assert not decision.allowed
     assert to_check_response(decision, None).denied_response.status.code == 400
