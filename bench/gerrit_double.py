@@ -107,6 +107,12 @@ class GerritDouble:
             if i is None or password != user_password(i):
                 return httpx.Response(401, text="Unauthorized")
             return _json(_account_json(i))
+        if parts == ["accounts", ""]:
+            # The strict lookup: q=email:"V" or q=username:"V" (gerrit-authz never uses the free-form resolver).
+            field, _, quoted = request.url.params.get("q", "").partition(":")
+            value = quoted[1:-1] if len(quoted) >= 2 and quoted[0] == quoted[-1] == '"' else ""
+            i = _index_of(value) if field in ("email", "username") and not value.isdigit() else None
+            return _json([] if i is None else [_account_json(i)])
         if parts[0] == "accounts" and len(parts) >= 2:
             i = _index_of(parts[1])
             if i is None:

@@ -156,6 +156,7 @@ async def fill_cache(cache: Any, store: Any, n: int) -> dict[str, Any]:
     """At least ``n`` realistic entries through the CachedGerrit API. Per user: the verified credential, the
     account by email, groups, capabilities, and 16 check.access answers (8 projects x 2 branches), plus whatever
     index entries the cache keeps beside them. Every lookup goes through the Gerrit double over httpx."""
+    from authz_server._accounts import account_key
     from authz_server._deadline import Deadline
 
     projects = [f"platform/{name}" for name in ("build", "tools", "kernel", "ui", "docs", "infra", "sdk", "ci")]
@@ -165,7 +166,7 @@ async def fill_cache(cache: Any, store: Any, n: int) -> dict[str, Any]:
         deadline = Deadline.after(60.0)
         name, password = gerrit_double.user_name(i), gerrit_double.user_password(i)
         account = (await cache.verify_credentials(name, password, deadline)).value
-        await cache.account(gerrit_double.user_email(i), deadline)
+        await cache.account(account_key("email", gerrit_double.user_email(i)), deadline)
         await asyncio.gather(cache.groups(account.id, deadline), cache.capabilities(account.id, deadline))
         await asyncio.gather(
             *(
