@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
@@ -13,26 +13,13 @@ from google.protobuf.message import DecodeError
 from ._audit import AuditLog
 from ._deadline import Deadline
 from ._engine import Decider, Decision
+from ._facts import Invalidator
 from ._response import allowed_headers, denied_body, denied_headers, to_check_response
 from ._servicer import run_check
 from .checkrequest import build_check_request, join_headers
 from .errors import AuthzError, status_for
 
-__all__ = ["AdminServicer", "Invalidator", "check_request_from_explain", "explain_response"]
-
-
-class Invalidator(Protocol):
-    """The cache (or the live runtime in front of it) that Invalidate drops answers from."""
-
-    async def invalidate(
-        self,
-        *,
-        account: str | None = None,
-        project: str | None = None,
-        group: str | None = None,
-        change: str | None = None,
-        everything: bool = False,
-    ) -> int: ...
+__all__ = ["AdminServicer", "check_request_from_explain", "explain_response"]
 
 
 def check_request_from_explain(request: admin_pb2.ExplainRequest) -> CheckRequest:

@@ -22,29 +22,16 @@ from typing import Any, Protocol
 import asyncssh
 
 from ._event_map import Invalidation, MalformedEvent, event_type, invalidations, parse_line
+from ._facts import Invalidator
 from .config import EventsConfig
 from .errors import ConfigError
 
-__all__ = ["EventFollower", "Invalidator", "StreamObserver", "load_client_key"]
+__all__ = ["EventFollower", "StreamObserver", "load_client_key"]
 
 log = logging.getLogger("gerrit_authz.events")
 _COMMAND = "gerrit stream-events"
 _STABLE = 30.0  # a connection that lasted this long resets the backoff
 _MAX_LINE = 1 << 20  # Gerrit's events are a few KB; a longer line is not one
-
-
-class Invalidator(Protocol):
-    """What the follower needs of the cache (:class:`authz_server._cache.CachedGerrit`)."""
-
-    async def invalidate(
-        self,
-        *,
-        account: str | None = None,
-        project: str | None = None,
-        group: str | None = None,
-        change: str | None = None,
-        everything: bool = False,
-    ) -> int: ...
 
 
 class StreamObserver(Protocol):

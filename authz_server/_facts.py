@@ -24,6 +24,7 @@ __all__ = [
     "Fact",
     "GerritFacts",
     "Group",
+    "Invalidator",
     "LabelVotes",
     "ProjectTree",
     "Source",
@@ -105,6 +106,21 @@ class ProjectTree(Protocol):
     async def project_parent(self, project: str, deadline: Deadline) -> str | None:
         """The parent's name; None for the root (All-Projects) and for a project that does not exist."""
         ...
+
+
+class Invalidator(Protocol):
+    """What drops cached answers: the cache itself, or the live runtime in front of it (after a reload, the cache
+    that Checks use now). Admin's Invalidate and the event stream both talk to one of these."""
+
+    async def invalidate(
+        self,
+        *,
+        account: str | None = None,
+        project: str | None = None,
+        group: str | None = None,
+        change: str | None = None,
+        everything: bool = False,
+    ) -> int: ...
 
 
 def _account(data: Any) -> Account | None:
