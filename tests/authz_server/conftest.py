@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +46,32 @@ def fake_facts() -> Callable[..., FakeFacts]:
         return FakeFacts(**kwargs)
 
     return factory
+
+
+# --------------------------------------------------------------------------------------------------------
+# A real loopback Gerrit that answers every account lookup slowly (1.5 s) and positively (alice), so that a
+# Check is still in flight when the test sends SIGTERM or reloads the config.
+# --------------------------------------------------------------------------------------------------------
+
+
+class _LazyGerrit(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        time.sleep(1.5)
+        body = b')]}\'\n{"_account_id": 1000002, "username": "alice", "email": "alice@example.com"}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def lazy_gerrit() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _LazyGerrit)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()

@@ -9,44 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
-import pytest
 from _support.authz import check_request
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-GERRIT_DELAY = 1.5
-
-
-class _SlowGerrit(BaseHTTPRequestHandler):
-    """Answers /a/accounts/self slowly, so a Check is still in flight when SIGTERM arrives."""
-
-    def do_GET(self) -> None:
-        time.sleep(GERRIT_DELAY)
-        body = b')]}\'\n{"_account_id": 1000002, "username": "alice", "email": "alice@example.com"}'
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def slow_gerrit() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowGerrit)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 def write_config(tmp_path: Path, gerrit_url: str) -> Path:
@@ -69,9 +37,9 @@ def cli(*args: str) -> list[str]:
 ENV = {**os.environ, "TEST_GERRIT_PASSWORD": "bot-password"}
 
 
-async def test_sigterm_goes_not_serving_drains_in_flight_checks_and_exits_0(tmp_path: Path, slow_gerrit: str) -> None:
+async def test_sigterm_goes_not_serving_drains_in_flight_checks_and_exits_0(tmp_path: Path, lazy_gerrit: str) -> None:
     proc = await asyncio.create_subprocess_exec(
-        *cli("serve", "--config", str(write_config(tmp_path, slow_gerrit))),
+        *cli("serve", "--config", str(write_config(tmp_path, lazy_gerrit))),
         env=ENV,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -113,8 +81,8 @@ async def test_sigterm_goes_not_serving_drains_in_flight_checks_and_exits_0(tmp_
             await proc.wait()
 
 
-def test_explain_exit_codes_and_trace(tmp_path: Path, slow_gerrit: str) -> None:
-    config = str(write_config(tmp_path, slow_gerrit))
+def test_explain_exit_codes_and_trace(tmp_path: Path, lazy_gerrit: str) -> None:
+    config = str(write_config(tmp_path, lazy_gerrit))
     allowed = subprocess.run(
         cli("explain", "--config", config, "--path", "/healthz"), env=ENV, capture_output=True, text=True, timeout=30
     )

@@ -7,48 +7,18 @@ import asyncio
 import os
 import signal
 import sys
-import threading
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
 import httpx
-import pytest
 from _support.authz import basic, check_request
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 
-GERRIT_DELAY = 1.5
 ENV = {**os.environ, "RELOAD_GERRIT_PASSWORD": "bot-password"}
-
-
-class _SlowGerrit(BaseHTTPRequestHandler):
-    """Answers every credential check slowly and positively, so a Check can be in flight during a reload."""
-
-    def do_GET(self) -> None:
-        time.sleep(GERRIT_DELAY)
-        body = b')]}\'\n{"_account_id": 1000002, "username": "alice", "email": "alice@example.com"}'
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def slow_gerrit() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowGerrit)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 def config_text(gerrit_url: str, rules: str, *, watch: str = "0s") -> str:
@@ -127,14 +97,14 @@ async def until_code(stub: external_auth_pb2_grpc.AuthorizationStub, code: int, 
     raise AssertionError(f"decision never became {code}")
 
 
-async def test_sighup_reload_flips_decisions_on_the_same_connection(tmp_path: Path, slow_gerrit: str) -> None:
+async def test_sighup_reload_flips_decisions_on_the_same_connection(tmp_path: Path, lazy_gerrit: str) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text(config_text(slow_gerrit, OPEN))
+    config.write_text(config_text(lazy_gerrit, OPEN))
     async with serving(tmp_path, config) as served:
         async with grpc.aio.insecure_channel(served.address) as channel:
             stub = external_auth_pb2_grpc.AuthorizationStub(channel)
             assert (await check(stub)).status.code == 0
-            config.write_text(config_text(slow_gerrit, SIGNED_IN))
+            config.write_text(config_text(lazy_gerrit, SIGNED_IN))
             await asyncio.sleep(0.5)
             assert (await check(stub)).status.code == 0, "no polling configured: nothing changes without SIGHUP"
             served.proc.send_signal(signal.SIGHUP)
@@ -146,18 +116,18 @@ async def test_sighup_reload_flips_decisions_on_the_same_connection(tmp_path: Pa
     assert "reload (SIGHUP): applied" in served.log()
 
 
-async def test_atomic_replace_is_picked_up_by_polling(tmp_path: Path, slow_gerrit: str) -> None:
+async def test_atomic_replace_is_picked_up_by_polling(tmp_path: Path, lazy_gerrit: str) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text(config_text(slow_gerrit, OPEN, watch="200ms"))
+    config.write_text(config_text(lazy_gerrit, OPEN, watch="200ms"))
     async with serving(tmp_path, config) as served:
         async with grpc.aio.insecure_channel(served.address) as channel:
             stub = external_auth_pb2_grpc.AuthorizationStub(channel)
             assert (await check(stub)).status.code == 0
-            replace_atomically(config, config_text(slow_gerrit, HEALTH_ONLY, watch="200ms"))
+            replace_atomically(config, config_text(lazy_gerrit, HEALTH_ONLY, watch="200ms"))
             await until_code(stub, 7)  # no rule matches /x any more: 403
             response = await check(stub)
             assert response.denied_response.body.startswith('{"error":"no_matching_rule"')
-            replace_atomically(config, config_text(slow_gerrit, OPEN, watch="200ms"))
+            replace_atomically(config, config_text(lazy_gerrit, OPEN, watch="200ms"))
             await until_code(stub, 0)
             assert channel.get_state() == grpc.ChannelConnectivity.READY
         served.proc.send_signal(signal.SIGTERM)
@@ -165,10 +135,10 @@ async def test_atomic_replace_is_picked_up_by_polling(tmp_path: Path, slow_gerri
     assert served.log().count("applied") == 2
 
 
-async def test_invalid_file_keeps_the_running_policy_logs_the_key_and_exits_0(tmp_path: Path, slow_gerrit: str) -> None:
+async def test_invalid_file_keeps_the_running_policy_logs_the_key_and_exits_0(tmp_path: Path, lazy_gerrit: str) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text(config_text(slow_gerrit, OPEN, watch="200ms"))
-    bad = config_text(slow_gerrit, "  - {name: open, match: {path_prefix: /x}, requir: anyone}\n", watch="200ms")
+    config.write_text(config_text(lazy_gerrit, OPEN, watch="200ms"))
+    bad = config_text(lazy_gerrit, "  - {name: open, match: {path_prefix: /x}, requir: anyone}\n", watch="200ms")
     async with serving(tmp_path, config) as served:
         async with grpc.aio.insecure_channel(served.address) as channel:
             stub = external_auth_pb2_grpc.AuthorizationStub(channel)
@@ -199,16 +169,16 @@ async def test_invalid_file_keeps_the_running_policy_logs_the_key_and_exits_0(tm
 
 
 async def test_a_check_in_flight_during_a_reload_completes_with_its_old_policy(
-    tmp_path: Path, slow_gerrit: str
+    tmp_path: Path, lazy_gerrit: str
 ) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text(config_text(slow_gerrit, SIGNED_IN))
+    config.write_text(config_text(lazy_gerrit, SIGNED_IN))
     async with serving(tmp_path, config) as served:
         async with grpc.aio.insecure_channel(served.address) as channel:
             stub = external_auth_pb2_grpc.AuthorizationStub(channel)
             in_flight = asyncio.ensure_future(check(stub, authorization=basic("alice", "pw")))
             await asyncio.sleep(0.3)  # now waiting for the slow Gerrit's credential check
-            config.write_text(config_text(slow_gerrit, HEALTH_ONLY))
+            config.write_text(config_text(lazy_gerrit, HEALTH_ONLY))
             served.proc.send_signal(signal.SIGHUP)
             await until_code(stub, 7)  # new Checks already see the new policy (no rule for /x)
             assert not in_flight.done()
@@ -220,11 +190,11 @@ async def test_a_check_in_flight_during_a_reload_completes_with_its_old_policy(
         assert await asyncio.wait_for(served.proc.wait(), 15) == 0
 
 
-async def test_changed_listen_address_is_logged_as_needing_a_restart(tmp_path: Path, slow_gerrit: str) -> None:
+async def test_changed_listen_address_is_logged_as_needing_a_restart(tmp_path: Path, lazy_gerrit: str) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text(config_text(slow_gerrit, OPEN))
+    config.write_text(config_text(lazy_gerrit, OPEN))
     async with serving(tmp_path, config) as served:
-        config.write_text(config_text(slow_gerrit, OPEN).replace('listen: "127.0.0.1:0"', 'listen: "127.0.0.1:1"'))
+        config.write_text(config_text(lazy_gerrit, OPEN).replace('listen: "127.0.0.1:0"', 'listen: "127.0.0.1:1"'))
         served.proc.send_signal(signal.SIGHUP)
         for _ in range(100):
             if "needs a restart" in served.log():
@@ -237,15 +207,15 @@ async def test_changed_listen_address_is_logged_as_needing_a_restart(tmp_path: P
         assert await asyncio.wait_for(served.proc.wait(), 15) == 0
 
 
-async def test_reloading_server_mode_shadow_lets_would_be_denies_through(tmp_path: Path, slow_gerrit: str) -> None:
+async def test_reloading_server_mode_shadow_lets_would_be_denies_through(tmp_path: Path, lazy_gerrit: str) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text(config_text(slow_gerrit, HEALTH_ONLY))
+    config.write_text(config_text(lazy_gerrit, HEALTH_ONLY))
     async with serving(tmp_path, config) as served:
         async with grpc.aio.insecure_channel(served.address) as channel:
             stub = external_auth_pb2_grpc.AuthorizationStub(channel)
             assert (await check(stub)).status.code == 7
             config.write_text(
-                config_text(slow_gerrit, HEALTH_ONLY).replace(
+                config_text(lazy_gerrit, HEALTH_ONLY).replace(
                     "config_watch_interval", "mode: shadow, config_watch_interval"
                 )
             )
