@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from _support.factories import FakeFacts, make_input
+from _support.kleene import FixedIdentity, assert_matches_reference, kleene, requirement_trees, yaml_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,8 +18,7 @@ from authz_server._accounts import AccountKey
 from authz_server._deadline import Deadline
 from authz_server._engine import Authorizer
 from authz_server._facts import Account, Group
-from authz_server._identity import ANONYMOUS, Identity, IdentityResolver, Principal
-from authz_server._input import CheckInput
+from authz_server._identity import ANONYMOUS, Identity, Principal
 from authz_server._policy import Policy, Rule
 from authz_server._requirements import parse_requirement
 from authz_server.errors import Unauthenticated
@@ -49,48 +49,23 @@ UNDECIDED_FAMILY = {
     "basic": "permission_denied",
 }
 
-trees = st.recursive(
-    st.sampled_from(sorted(LEAVES)),
-    lambda children: st.one_of(
-        st.tuples(st.just("not"), children),
-        st.tuples(st.sampled_from(["all", "any"]), st.lists(children, min_size=1, max_size=3)),
-    ),
-    max_leaves=10,
-)
-
-
-def yaml_of(tree: Any) -> Any:
-    if isinstance(tree, str):
-        return LEAVES[tree]
-    op, arg = tree
-    return {"not": yaml_of(arg)} if op == "not" else {op: [yaml_of(c) for c in arg]}
+trees = requirement_trees(list(LEAVES))
 
 
 def reference(tree: Any, who: str) -> bool | None:
-    if isinstance(tree, str):
+
+    def leaf(name: str) -> bool | None:
         if who == "bad-credential":
             return None
-        if tree == "authenticated":
+        if name == "authenticated":
             return who != "anonymous"
-        if tree == "member":
+        if name == "member":
             return True if who in ("token", "basic") else None
         if who not in ("token", "token-no-account"):
             return None  # no token: a claim cannot be decided
-        return tree in ("scope-yes", "groups-yes")
-    op, arg = tree
-    if op == "not":
-        inner = reference(arg, who)
-        return None if inner is None else not inner
-    rank = {False: 0, None: 1, True: 2}
-    return (max if op == "any" else min)([reference(c, who) for c in arg], key=rank.__getitem__)
+        return name in ("scope-yes", "groups-yes")
 
-
-class _Fixed(IdentityResolver):
-    def __init__(self, identity: Identity) -> None:
-        self._identity = identity
-
-    async def resolve(self, inp: CheckInput, deadline: Deadline) -> Identity:
-        return self._identity
+    return kleene(tree, leaf)
 
 
 FACTS = FakeFacts(groups={ALICE.id: [Group("a" * 40, "sat")]})
@@ -101,14 +76,10 @@ INPUT = make_input("GET", "/x")
 @given(tree=trees, who=st.sampled_from(sorted(IDENTITIES)))
 async def test_claims_never_allow_where_the_reference_does_not(tree: Any, who: str) -> None:
     expected = reference(tree, who)
-    authorizer = Authorizer(Policy([Rule("r", parse_requirement(yaml_of(tree)))]), _Fixed(IDENTITIES[who]), FACTS)
+    policy = Policy([Rule("r", parse_requirement(yaml_of(tree, LEAVES)))])
+    authorizer = Authorizer(policy, FixedIdentity(IDENTITIES[who]), FACTS)
     decision = await authorizer.decide(INPUT, Deadline.after(5))
-    assert decision.allowed is (expected is True), (tree, who, decision.error)
-    if expected is None:
-        assert decision.error is not None and decision.error.family == UNDECIDED_FAMILY[who], (tree, who)
-    elif expected is False:
-        want = "unauthenticated" if who == "anonymous" else "permission_denied"
-        assert decision.error is not None and decision.error.family == want, (tree, who, decision.error)
+    assert_matches_reference(decision, expected, who, UNDECIDED_FAMILY)
 
 
 def test_reference_points() -> None:
