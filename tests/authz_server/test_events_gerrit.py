@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -59,20 +59,6 @@ def rules(group: str) -> list[dict[str, Any]]:
             "require": {"change": {"id": "{change}", "status": "NEW"}},
         },
     ]
-
-
-@pytest.fixture(scope="module")
-def rest(gerrit: Any) -> Iterator[Rest]:
-    client = Rest(gerrit.server.url, gerrit.server.admin_auth)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def password_file(gerrit: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("events") / "password"
-    path.write_text(gerrit.org.bot.http_password)
-    return path
 
 
 @pytest.fixture(scope="module")

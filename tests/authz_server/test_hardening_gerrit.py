@@ -43,20 +43,6 @@ def issuer() -> Iterator[JwksServer]:
     server.close()
 
 
-@pytest.fixture(scope="module")
-def rest(gerrit: Any) -> Iterator[Rest]:
-    client = Rest(gerrit.server.url, gerrit.server.admin_auth)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def password_file(gerrit: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("hardening") / "password"
-    path.write_text(gerrit.org.bot.http_password)
-    return path
-
-
 def rules(admin_group: str) -> list[dict[str, Any]]:
     return [
         {"name": "admins-by-uuid", "match": {"path_prefix": "/admin/"}, "require": {"group": admin_group}},

@@ -31,13 +31,6 @@ ENVOY_RECORDING = Path(__file__).resolve().parents[1] / "data" / "envoy_check_re
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host", "x-request-id"}
 
 
-@pytest.fixture(scope="module")
-def password_file(gerrit: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    secret = tmp_path_factory.mktemp("secret") / "gerrit-password"
-    secret.write_text(gerrit.org.bot.http_password)
-    return secret
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def authz(gerrit: Any, password_file: Path) -> AsyncIterator[AuthzServer]:
     config = make_config(gerrit.server.url, password_file, identity=[{"gerrit_http_credentials": {}}])
