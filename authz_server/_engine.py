@@ -14,7 +14,7 @@ from ._evaluate import Context, TraceEntry, evaluate
 from ._facts import GerritFacts
 from ._identity import ANONYMOUS, Identity, IdentityResolver
 from ._input import CheckInput
-from ._policy import Policy
+from ._policy import Match, Policy
 from .errors import AuthzError, PermissionDenied, Unauthenticated, status_for
 
 __all__ = ["Authorizer", "Decider", "Decision", "new_decision_id"]
@@ -78,21 +78,22 @@ class Authorizer:
 
     async def decide(self, inp: CheckInput, deadline: Deadline, decision_id: str | None = None) -> Decision:
         decision_id = decision_id or new_decision_id()
-        shadow = [self._shadow]  # the matched rule may turn it on before an error is raised
         try:
-            decision = await self._decide(inp, deadline, decision_id, shadow)
+            match = self._policy.match(inp)
+        except AuthzError as exc:  # a path that cannot be matched (400): never shadowed
+            return Decision(decision_id, exc)
+        try:
+            decision = await self._decide(inp, match, deadline, decision_id)
         except AuthzError as exc:
             decision = Decision(decision_id, exc)
-        return _shadowed(decision, shadow[0])
+        return _shadowed(decision, self._shadow or (match is not None and match.rule.shadow))
 
-    async def _decide(self, inp: CheckInput, deadline: Deadline, decision_id: str, shadow: list[bool]) -> Decision:
-        match = self._policy.match(inp)
+    async def _decide(self, inp: CheckInput, match: Match | None, deadline: Deadline, decision_id: str) -> Decision:
         if match is None:
             return Decision(
                 decision_id, PermissionDenied("no_matching_rule", f"no rule matches {inp.method} {inp.path}")
             )
         rule = match.rule
-        shadow[0] = shadow[0] or rule.shadow
         identity = await self._identity.resolve(inp, deadline) if rule.needs_identity else ANONYMOUS
         ctx = Context(identity, match.captures, self._facts, deadline)
         result, trace = await evaluate(rule.require, ctx)
