@@ -92,6 +92,7 @@ class Policy:
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(rules)
+        self._order = {id(rule): i for i, rule in enumerate(self.rules)}  # the rules live as long as the policy
 
     @classmethod
     def from_config(cls, rules: Sequence[RuleConfig]) -> Policy:
@@ -109,9 +110,17 @@ class Policy:
         found = self._first(inp, inp.path)
         if "%2F" not in inp.path:
             return found
-        if found is not None and _slashes_captured(found):
-            return found
+        # An upstream that decodes %2F before routing (Starlette, Flask) routes the slash reading. A rule placed
+        # above the one found that governs that reading is the author's stricter rule for it: refuse. Otherwise the
+        # encoded slash stays in the capture that took it (`platform%2Fbuild` as one project, even with a
+        # catch-all below).
         other = self._first(inp, slash_view(inp.path))
+        if (
+            found is not None
+            and _slashes_captured(found)
+            and (other is None or self._order[id(other.rule)] >= self._order[id(found.rule)])
+        ):
+            return found
         if (other.rule if other else None) is (found.rule if found else None):
             return found
         raise BadRequest(

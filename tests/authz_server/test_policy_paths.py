@@ -177,3 +177,41 @@ def test_templates_and_prefixes_that_cannot_match_one_way_are_config_errors(matc
             }
         )
     assert err.value.errors[0][0] == key
+
+
+def _policy(*rules: dict[str, object]) -> Policy:
+    config = {"gerrit": {"url": "http://gerrit", "username": "u", "password_env": "P"}, "rules": list(rules)}
+    return Policy.from_config(parse_config(config).rules)
+
+
+@pytest.mark.parametrize(
+    ("strong", "weak", "path"),
+    [
+        ({"path_prefix": "/admin/"}, {"path": "/{rest:path}"}, "/admin%2Fusers"),
+        ({"path_prefix": "/admin/"}, {"path": "/{rest:path}"}, "/admin%2fusers"),
+        ({"path": "/a/b/{y}"}, {"path": "/a/{x}"}, "/a/b%2Fsecret"),
+        ({"path": "/admin/{y:path}"}, {"path": "/{x}"}, "/admin%2Fusers"),
+    ],
+)
+def test_a_capture_that_took_an_encoded_slash_cannot_hide_a_stricter_rule(
+    strong: dict[str, str], weak: dict[str, str], path: str
+) -> None:
+    # Starlette decodes %2F before routing and serves the stricter route; taking the slash into the weaker rule's
+    # capture would authorize the request under the wrong rule.
+    policy = _policy(
+        {"name": "strong", "match": strong, "require": "authenticated"},
+        {"name": "weak", "match": weak, "require": "anyone"},
+    )
+    with pytest.raises(BadRequest) as err:
+        policy.match(parse_check_request(check_request("GET", path)))
+    assert err.value.code == "ambiguous_path"
+
+
+def test_an_encoded_slash_stays_in_its_capture_when_only_a_later_rule_reads_it_otherwise() -> None:
+    # The example's case: a single-segment project capture, and a catch-all below it that the slash reading hits.
+    policy = _policy(
+        {"name": "one", "match": {"path": "/p/{project}/-/x"}, "require": "anyone"},
+        {"name": "below", "match": {"path_prefix": "/"}, "require": "authenticated"},
+    )
+    found = policy.match(parse_check_request(check_request("GET", "/p/platform%2Fbuild/-/x")))
+    assert found is not None and found.rule.name == "one" and found.captures == {"project": "platform/build"}
