@@ -30,7 +30,7 @@ from ._store import Store
 from .config import TtlConfig
 from .errors import Unavailable
 
-__all__ = ["ROOT_PROJECT", "CachedGerrit"]
+__all__ = ["ROOT_PROJECT", "CachedGerrit", "Generation"]
 
 T = TypeVar("T")
 
@@ -55,6 +55,15 @@ def _tag_value(key: str, name: str) -> str | None:
     return key[start : key.index("|", start)].replace("%7C", "|").replace("%25", "%")
 
 
+class Generation:
+    """How many invalidations a store has seen (see :attr:`CachedGerrit.generation`)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
 class CachedGerrit:
     """A :class:`GerritFacts` that answers from a :class:`Store` before asking ``inner``."""
 
@@ -68,6 +77,7 @@ class CachedGerrit:
         secret: bytes,
         tree: ProjectTree | None = None,
         clock: Callable[[], float] = time.time,
+        generation: Generation | None = None,
     ) -> None:
         """``tree`` tells project parents for invalidation (the Gerrit client); without it invalidating a
         project drops the access answers of every other project too."""
@@ -81,8 +91,9 @@ class CachedGerrit:
         self._encodes = bool(getattr(store, "encodes", True))
         self._inflight: dict[str, asyncio.Future[Fact[Any]]] = {}
         # Bumped by every invalidation: an answer fetched before one is handed out but never stored, since
-        # Gerrit may have changed after it answered.
-        self._epoch = 0
+        # Gerrit may have changed after it answered. Shared by every cache over the same store (a reload's new
+        # cache and the old one still finishing its Checks).
+        self.generation = generation or Generation()
 
     async def _cached(
         self,
@@ -116,7 +127,7 @@ class CachedGerrit:
         if future is None:
             future = asyncio.get_running_loop().create_future()
             self._inflight[key] = future
-            epoch = self._epoch
+            epoch = self.generation.value
             try:
                 fact = await fetch()
             except BaseException as exc:
@@ -131,7 +142,7 @@ class CachedGerrit:
             future.set_result(fact)
             is_negative = negative(fact.value)
             ttl = self._ttl.negative if is_negative else getattr(self._ttl, kind)
-            if ttl > 0 and epoch == self._epoch:
+            if ttl > 0 and epoch == self.generation.value:
                 keep = ttl if is_negative else ttl + self._stale
                 payload = CODECS[kind][0](fact.value) if self._encodes else fact.value
                 now = self._clock()
@@ -300,9 +311,10 @@ class CachedGerrit:
         entry = await self._store.get(key)
         if entry is not None:
             return entry[0] if isinstance(entry, list) else None
+        epoch = self.generation.value
         parent = await self._tree.project_parent(project, deadline)
         ttl = self._ttl.access
-        if ttl > 0:
+        if ttl > 0 and epoch == self.generation.value:  # a reparenting event may have landed meanwhile
             await self._store.set(key, [parent], ttl)
         return parent
 
@@ -316,7 +328,7 @@ class CachedGerrit:
         everything: bool = False,
     ) -> int:
         """Drop cached answers; returns how many entries were removed (-1 when the whole store was cleared)."""
-        self._epoch += 1
+        self.generation.value += 1
         if everything:
             await self._store.clear()
             return -1

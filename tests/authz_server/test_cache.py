@@ -789,6 +789,21 @@ async def test_an_answer_fetched_across_an_invalidation_is_not_kept(env: Env) ->
     assert (await env.cache.groups(ALICE.id, budget())).source == "gerrit"  # ...but it was not cached
 
 
+async def test_an_invalidation_through_a_reloaded_cache_stops_the_old_one_storing(env: Env) -> None:
+    # After a reload the new cache shares the store and its generation; the old one is still finishing a lookup.
+    new = CachedGerrit(
+        env.inner, env.store, TTL, stale_if_error=STALE, secret=SECRET, clock=env.clock, generation=env.cache.generation
+    )
+    env.inner.gate = asyncio.Event()
+    lookup = asyncio.create_task(env.cache.groups(ALICE.id, budget()))
+    await asyncio.sleep(0.01)  # the old cache's lookup is at Gerrit
+    await new.invalidate(group="Developers")  # an event, applied to the cache Checks use now
+    env.inner.gate.set()
+    await lookup
+
+    assert (await new.groups(ALICE.id, budget())).source == "gerrit"  # the old answer was not stored
+
+
 async def test_invalidating_a_project_drops_its_descendants_and_keeps_the_rest(env: Env) -> None:
     env.inner.parents |= {"platform/build/docs": "platform/build", "other": "All-Projects"}
     for project in ("platform", "platform/build", "platform/build/docs", "platform/build-tools", "other"):

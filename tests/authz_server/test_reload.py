@@ -37,14 +37,17 @@ async def test_policy_swap_keeps_the_cache_and_the_credential_key(tmp_path: Path
     now = runtime.components
     assert now.store is first.store and await now.store.get("k") == ["v"]
     assert now.credential_key == first.credential_key and now.http is first.http
+    assert now.cache.generation is first.cache.generation  # invalidations reach Checks still on the old cache
     await runtime.aclose()
 
 
 async def test_another_gerrit_starts_with_an_empty_cache(tmp_path: Path) -> None:
     runtime = LiveRuntime(build_components(config(tmp_path)), retire_after=0)
     await runtime.components.store.set("k", ["v"], 60)
+    first = runtime.components
     await runtime.apply(config(tmp_path, url="http://127.0.0.1:10"))
     assert await runtime.components.store.get("k") is None
+    assert runtime.components.cache.generation is not first.cache.generation
     await runtime.aclose()
 
 
