@@ -204,35 +204,33 @@ class EventFollower:
                 raise ConnectionError(f"stream-events exited {status}: {error.decode(errors='replace').strip()}")
 
     async def handle_line(self, line: bytes | str) -> list[Invalidation]:
-        """Apply one stream line; malformed lines are logged and skipped. Returns what was invalidated."""
+        """Apply one stream line. Returns what was invalidated.
+
+        A line that cannot be read may have been an event that mattered (a cut-off long line, say), so it is
+        logged and treated as a gap: everything cached is dropped. Never fatal.
+        """
         if not line.strip():
             return []
         try:
             event = parse_line(line)
         except MalformedEvent as exc:
-            log.warning("gerrit events: skipping a malformed line (%d bytes): %s", len(line), exc)
-            return []
-        self.last_event = self._clock()
-        self._observer.event(event_type(event) or "(none)")
-        todo = invalidations(event)
+            log.warning("gerrit events: a malformed line (%d bytes), cache cleared: %s", len(line), exc)
+            todo = [Invalidation("everything")]
+        else:
+            self.last_event = self._clock()
+            self._observer.event(event_type(event) or "(none)")
+            todo = invalidations(event)
         for item in todo:
             await self._apply(item)
         return todo
 
     async def _apply(self, item: Invalidation) -> None:
         try:
-            if item.kind == "everything":
-                await self._cache.invalidate(everything=True)
-            elif item.kind == "project":
-                await self._cache.invalidate(project=item.key)
-            elif item.kind == "group":
-                await self._cache.invalidate(group=item.key)
-            elif item.kind == "account":
-                await self._cache.invalidate(account=item.key)
-            else:
-                await self._cache.invalidate(change=item.key)
+            target: dict[str, Any] = {"everything": True} if item.kind == "everything" else {item.kind: item.key}
+            await self._cache.invalidate(**target)
         except Exception:
-            # A store failure must not end the stream; the entry expires on its TTL.
-            log.exception("gerrit events: invalidating %s %s failed", item.kind, item.key)
-            return
+            # What could not be dropped must not outlive its event: drop everything instead. If the store cannot
+            # do that either, end the session; the reconnect clears the cache before following again.
+            log.exception("gerrit events: invalidating %s %s failed; clearing the cache", item.kind, item.key)
+            await self._cache.invalidate(everything=True)
         self._observer.invalidation(item.kind)

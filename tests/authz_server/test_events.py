@@ -63,19 +63,21 @@ async def test_recorded_lines_reach_the_cache(events_config: Any) -> None:
     assert follower.last_event is not None
 
 
-async def test_malformed_lines_are_logged_and_skipped(events_config: Any, caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_malformed_line_is_logged_and_clears_the_cache(
+    events_config: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     cache = RecordingCache()
     follower = EventFollower(events_config(), cache)
     caplog.set_level(logging.WARNING, logger="gerrit_authz.events")
-    assert await follower.handle_line(b"{not json\n") == []
+    assert [i.kind for i in await follower.handle_line(b"{not json\n")] == ["everything"]  # it may have mattered
     assert await follower.handle_line(b"\n") == []
     merged = b'{"type":"change-merged","change":{"number":7}}\n'
     assert [i.key for i in await follower.handle_line(merged)] == ["7"]
-    assert cache.calls == [{"change": "7"}]
+    assert cache.calls == [{"everything": True}, {"change": "7"}]
     assert len(caplog.records) == 1 and "malformed" in caplog.records[0].getMessage()
 
 
-async def test_a_failed_invalidation_does_not_stop_the_stream(
+async def test_a_failed_invalidation_clears_the_cache_and_the_stream_goes_on(
     events_config: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     cache = RecordingCache()
@@ -83,8 +85,18 @@ async def test_a_failed_invalidation_does_not_stop_the_stream(
     boom = b'{"type":"ref-updated","refUpdate":{"project":"boom","refName":"refs/meta/config"}}'
     await follower.handle_line(boom)
     await follower.handle_line(b'{"type":"change-abandoned","change":{"number":8}}')
-    assert cache.calls == [{"change": "8"}]
+    assert cache.calls == [{"everything": True}, {"change": "8"}]
     assert any("failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_store_that_cannot_even_be_cleared_ends_the_session(events_config: Any) -> None:
+    class DownCache(RecordingCache):
+        async def invalidate(self, **kwargs: Any) -> int:
+            raise ConnectionError("store down")
+
+    follower = EventFollower(events_config(), DownCache())
+    with pytest.raises(ConnectionError):  # the reconnect clears the cache before following again
+        await follower.handle_line(b'{"type":"change-abandoned","change":{"number":8}}')
 
 
 def test_unreadable_key_is_a_config_error_naming_the_key(events_config: Any, tmp_path: Path) -> None:
