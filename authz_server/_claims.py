@@ -83,7 +83,7 @@ def claim_value_type(value: Any) -> str:
     if value is _MISSING:
         return "absent"
     if isinstance(value, str):
-        return f"string of {len(value.split())} word(s)"
+        return f"string of {len(_words(value))} word(s)"
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, int | float):
@@ -106,7 +106,9 @@ def _same(a: Any, b: ClaimValue) -> bool:
 
 def _words(value: Any) -> list[Any]:
     if isinstance(value, str):
-        return value.split()
+        # Space only (RFC 6749 §3.3): str.split() would also split on U+3000 or U+001F, letting one scope a
+        # client chose, "deploy:x\u3000admin", read as two words.
+        return [w for w in value.split(" ") if w]
     if isinstance(value, list):
         return value
     if isinstance(value, int | float):

@@ -195,7 +195,7 @@ def test_a_filled_value_matches_only_a_whole_word(capture: str, words: list[str]
     assert claim is not None
     scope = " ".join(words)
     wanted = "deploy:" + capture
-    assert claim_matches(claim, scope, filled(claim, {"project": capture})) is (wanted in scope.split())
+    assert claim_matches(claim, scope, filled(claim, {"project": capture})) is (wanted in scope.split(" "))
 
 
 @pytest.mark.parametrize("value", [0, -1, "soon"])
@@ -208,3 +208,12 @@ def test_bad_max_token_lifetime_names_the_key(value: Any) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(data)
     assert "identity[0].jwt.max_token_lifetime" in str(info.value)
+
+
+@pytest.mark.parametrize("separator", ["\u3000", "\x1f", "\t", "\n", "\u2028"])
+def test_scope_words_are_separated_by_spaces_only(separator: str) -> None:
+    # OAuth scopes are space-separated (RFC 6749 §3.3); a client-chosen scope holding another whitespace is one word.
+    claim, _, _ = parse_claim({"name": "scope", "contains": "admin"})
+    assert claim is not None
+    assert not claim_matches(claim, f"deploy:x{separator}admin", claim.values)
+    assert claim_matches(claim, "openid  admin", claim.values)
