@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything gerrit-authz needs on a fresh machine of this kind (Debian, Python 3.11, Java 17, Maven):
-# Debian packages (redis-server, wrk, nghttp2-client), a virtualenv in .venv with the project and its dev
-# extras, and a real Gerrit runtime fetched from Maven Central into ~/.cache/gerrit-authz. Idempotent.
+# Debian packages (redis-server, wrk, nghttp2-client), a virtualenv in .venv with exactly the versions of the
+# committed lock (requirements/dev.txt, hashed; scripts/lock.sh refreshes it) and the project itself, editable,
+# and a real Gerrit runtime fetched from Maven Central into ~/.cache/gerrit-authz. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,8 +22,10 @@ fi
 if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements/dev.txt
+# The project itself, built with the locked setuptools (no isolated build fetching the newest one) and no
+# dependency resolution: everything it needs is already installed from the lock.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 
 scripts/fetch_gerrit.sh >/dev/null
 echo "setup: done (.venv ready, Gerrit runtime cached)"
