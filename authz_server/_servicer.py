@@ -50,6 +50,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         *,
         check_timeout: float,
         retry_after: int,
+        outages_as_errors: bool = True,
         audit: AuditLog | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -58,12 +59,15 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         self._metrics = metrics
         self._check_timeout = check_timeout
         self._retry_after = retry_after
+        self._outages_as_errors = outages_as_errors
 
     async def Check(self, request: CheckRequest, context: grpc.aio.ServicerContext[Any, Any]) -> CheckResponse:
         start = time.perf_counter()
         deadline = Deadline.for_call(context.time_remaining(), self._check_timeout)
         decision, inp = await run_check(self._authorizer, request, deadline)
-        response = to_check_response(decision, inp, retry_after=self._retry_after)
+        response = to_check_response(
+            decision, inp, retry_after=self._retry_after, outages_as_errors=self._outages_as_errors
+        )
         elapsed = time.perf_counter() - start
         self._audit(decision, inp, elapsed_ms=elapsed * 1000)
         if self._metrics is not None:

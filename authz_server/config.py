@@ -91,6 +91,9 @@ class ServerConfig(_Model):
     retry_after: Duration = 5.0
     # shadow: every would-be deny (401/403) is allowed, audited and counted with the code it would have returned.
     mode: Literal["enforce", "shadow"] = "enforce"
+    # An undecided answer (503) as CheckResponse.error_response (Envoy >= 1.37 counts it as ext_authz.error and
+    # applies failure_mode_allow), or as a plain denied_response (deny: for proxies older than 1.37).
+    outages: Literal["error", "deny"] = "error"
     # How often the config file is checked for changes (0 turns polling off; SIGHUP still reloads).
     config_watch_interval: Duration = 2.0
 
