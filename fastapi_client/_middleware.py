@@ -25,6 +25,7 @@ from ._request import (
     strip_protected,
 )
 from ._responses import send_denied, send_unavailable
+from ._tracecontext import trace_metadata
 
 __all__ = ["AuthzMiddleware"]
 
@@ -115,7 +116,7 @@ class AuthzMiddleware:
     async def _authorize(self, scope: Scope, receive: Receive, send: Send) -> None:
         request, request_id, generated_id = check_request_from_scope(scope, self.context_extensions)
         try:
-            response = await self.channels.check()(request, timeout=self.timeout)
+            response = await self.channels.check()(request, timeout=self.timeout, metadata=trace_metadata())
         except grpc.aio.AioRpcError as exc:
             await self._unavailable(scope, receive, send, request_id, f"{exc.code().name}: {exc.details()}")
             return

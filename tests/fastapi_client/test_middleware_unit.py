@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi_support import asgi_client, closed_port, lifespan, middleware_of
 from google.protobuf.wrappers_pb2 import BoolValue
 from google.rpc.status_pb2 import Status as RpcStatus
+from opentelemetry.sdk.trace import TracerProvider
 from starlette.authentication import requires
 
 from fastapi_client import AuthzIdentity, AuthzMiddleware, AuthzUser, CurrentIdentity, OptionalIdentity
@@ -359,6 +360,18 @@ async def test_a_definite_deny_stays_a_deny_with_fail_open(fake: FakeAuthorizer)
     async with asgi_client(make_app(fake.target, fail_open=True)) as client:
         resp = await client.get("/x")
     assert resp.status_code == 503 and resp.headers["retry-after"] == "9"
+
+
+async def test_the_apps_trace_context_goes_in_the_grpc_metadata(fake: FakeAuthorizer) -> None:
+    fake.allow(account_id=1, username="alice")
+    tracer = TracerProvider().get_tracer("app")
+    async with asgi_client(make_app(fake.target)) as client:
+        await client.get("/x")  # no current span: no trace metadata
+        with tracer.start_as_current_span("app request") as span:
+            await client.get("/y")
+    assert "traceparent" not in fake.metadata[0]
+    ctx = span.get_span_context()
+    assert fake.metadata[1]["traceparent"] == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
 
 
 # -- what is not checked ----------------------------------------------------------------------------------------
