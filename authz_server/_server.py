@@ -99,7 +99,8 @@ class AuthzServer:
             self.metrics.close()
         await (self.runtime or self.components).aclose()
         if self.components.tracing is not None:
-            self.components.tracing.shutdown()  # export what is still buffered
+            # Export what is still buffered; in a thread, as the export blocks (the collector may share this loop).
+            await asyncio.to_thread(self.components.tracing.shutdown)
 
 
 def build_server(config: Config, components: Components | None = None, *, audit: AuditLog | None = None) -> AuthzServer:
