@@ -288,3 +288,12 @@ async def test_an_outage_is_an_error_span_with_an_error_child(traced: Traced) ->
     assert dict(check.attributes or {})["gerrit_authz.code"] == "gerrit_unavailable"
     (call,) = named(spans, lambda n: n.startswith("GET "))
     assert call.status.status_code == StatusCode.ERROR and call.status.description == "ConnectError"
+
+
+def test_a_telemetry_change_needs_a_restart(tmp_path: Path) -> None:
+    from authz_server._reload import needs_restart
+
+    old = parse_config(config_data(tmp_path))
+    new = parse_config(config_data(tmp_path, telemetry={"traces_exporter": "none"}))
+    assert needs_restart(old, new) == ["telemetry"]
+    assert needs_restart(old, parse_config(config_data(tmp_path))) == []
