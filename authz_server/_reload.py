@@ -37,6 +37,7 @@ _RESTART_KEYS = (
     "reflection",
     "check_timeout",
     "retry_after",
+    "outages",
     "shutdown_grace",
     "config_watch_interval",
 )

@@ -15,6 +15,8 @@ it. Server CPU per Check is the server process's utime+stime over the measured C
 - ``interceptor``: instead of the hand-made Check span, opentelemetry-instrumentation-grpc's aio server
   interceptor (its SERVER span per RPC, parent from the metadata), exported like ``on``
 
+``python bench/tracing.py direct off|on-noexport --n 20000`` calls the servicer in-process instead (no gRPC).
+
 Cold lookups: ``--httpx`` also times one Gerrit request through the hand-made CLIENT-span transport and through
 opentelemetry-instrumentation-httpx on the same client (in-process, MockTransport, microseconds per request).
 """
@@ -125,6 +127,46 @@ async def _receive() -> None:
         print(json.dumps({"spans": len(otlp.spans)}), flush=True)
 
 
+async def _direct(variant: str, n: int) -> float:
+    """CPU per Check calling the servicer directly (no gRPC): the span cost alone, least noisy."""
+    import servers
+    from run import basic, check_request
+
+    from authz_server._app import build_components
+    from authz_server._audit import stderr_audit_log
+    from authz_server._server import tune_gc
+    from authz_server._servicer import AuthorizationServicer
+
+    class Context:
+        def time_remaining(self) -> float | None:
+            return None
+
+        def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+            return (("traceparent", TRACEPARENT),)
+
+    config = servers.bench_config(0, long_ttl=True)
+    devnull = open(os.devnull, "w")  # noqa: SIM115, ASYNC230 - the audit writer uses its fd
+    _, jwk = servers._signing_key()
+    double = servers.gerrit_double.GerritDouble(delay=0.0, jwk=jwk)
+    kwargs: dict[str, Any] = {}
+    if variant == "on-noexport":
+        from authz_server._telemetry import Tracing
+
+        kwargs["tracing"] = Tracing(_provider(variant, ""))
+    components = build_components(config, transport=double.transport(), **kwargs)
+    servicer = AuthorizationServicer(
+        components.authorizer, check_timeout=1.0, retry_after=5, audit=stderr_audit_log(devnull), **kwargs
+    )
+    request, context = check_request(basic(0)), Context()
+    for _ in range(500):
+        await servicer.Check(request, context)
+    tune_gc()
+    started = time.process_time()
+    for _ in range(n):
+        await servicer.Check(request, context)
+    return (time.process_time() - started) / n * 1e6
+
+
 # -- the load ------------------------------------------------------------------------------------------------
 
 
@@ -223,6 +265,8 @@ def main() -> None:
     serve.add_argument("variant", choices=VARIANTS)
     serve.add_argument("--otlp", default="")
     sub.add_parser("receive")
+    direct = sub.add_parser("direct", help="no gRPC: call the servicer in this process (off, on-noexport)")
+    direct.add_argument("variant", choices=("off", "on-noexport"))
     parser.add_argument("--n", type=int, default=6000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--base", default="", help="a checkout of the code before tracing (for variant base)")
@@ -232,6 +276,9 @@ def main() -> None:
     sys.path.insert(1, str(BENCH))
     if args.cmd == "serve":
         asyncio.run(_serve(args.variant, args.otlp))
+        return
+    if args.cmd == "direct":
+        print(f"{args.variant}: {asyncio.run(_direct(args.variant, args.n)):.1f} µs CPU/Check (no gRPC)")
         return
     if args.cmd == "receive":
         asyncio.run(_receive())

@@ -297,3 +297,7 @@ def test_a_telemetry_change_needs_a_restart(tmp_path: Path) -> None:
     new = parse_config(config_data(tmp_path, telemetry={"traces_exporter": "none"}))
     assert needs_restart(old, new) == ["telemetry"]
     assert needs_restart(old, parse_config(config_data(tmp_path))) == []
+    outages = parse_config(
+        config_data(tmp_path, server={"listen": "127.0.0.1:0", "admin_listen": None, "outages": "deny"})
+    )
+    assert needs_restart(old, outages) == ["server.outages"]
