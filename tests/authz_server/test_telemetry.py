@@ -301,3 +301,36 @@ def test_a_telemetry_change_needs_a_restart(tmp_path: Path) -> None:
         config_data(tmp_path, server={"listen": "127.0.0.1:0", "admin_listen": None, "outages": "deny"})
     )
     assert needs_restart(old, outages) == ["server.outages"]
+
+
+def test_otlp_over_http_without_its_exporter_is_a_config_error(tmp_path: Path) -> None:
+    # opentelemetry-exporter-otlp-proto-http is not part of the otel extra (nor installed here).
+    data = config_data(tmp_path, telemetry={"traces_exporter": "otlp", "protocol": "http/protobuf"})
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    ((key, reason),) = err.value.errors
+    assert key == "telemetry.traces_exporter" and "opentelemetry-exporter-otlp-proto-http" in reason
+    # The console exporter needs no OTLP package at all.
+    parse_config(config_data(tmp_path, telemetry={"traces_exporter": "console", "protocol": "http/protobuf"}))
+
+
+@pytest.mark.parametrize(
+    ("sampler", "arg", "want"),
+    [
+        ("always_off", None, "AlwaysOffSampler"),
+        ("traceidratio", 0.5, "TraceIdRatioBased{0.5}"),
+        ("parentbased_always_off", None, "ParentBased{root:AlwaysOffSampler,"),
+        ("parentbased_traceidratio", 0.1, "ParentBased{root:TraceIdRatioBased{0.1},"),
+    ],
+)
+def test_the_sampler_is_the_one_asked_for(sampler: str, arg: float | None, want: str) -> None:
+    from authz_server._telemetry import start_tracing
+
+    settings = telemetry_settings(TelemetryConfig(traces_exporter="console", sampler=sampler, sampler_arg=arg), {})  # type: ignore[arg-type]
+    assert settings is not None
+    tracing = start_tracing(settings)
+    try:
+        assert (tracing.provider.sampler.get_description() + ",").startswith(want)
+        assert tracing.provider.resource.attributes["service.name"] == "gerrit-authz"
+    finally:
+        tracing.shutdown()
