@@ -334,3 +334,20 @@ def test_the_sampler_is_the_one_asked_for(sampler: str, arg: float | None, want:
         assert tracing.provider.resource.attributes["service.name"] == "gerrit-authz"
     finally:
         tracing.shutdown()
+
+
+async def test_a_reload_keeps_tracing_on_a_new_http_client(tmp_path: Path) -> None:
+    from authz_server._reload import LiveRuntime
+    from authz_server._telemetry import _TracedTransport
+
+    tracing = Tracing(TracerProvider())
+    config = parse_config(config_data(tmp_path))
+    runtime = LiveRuntime(build_components(config, tracing=tracing), retire_after=0.0)
+    data = config_data(tmp_path)
+    data["gerrit"]["max_connections"] = 7  # a new pooled client
+    new = await runtime.apply(parse_config(data))
+    try:
+        assert new.tracing is tracing
+        assert isinstance(new.http._transport, _TracedTransport)
+    finally:
+        await runtime.aclose()
