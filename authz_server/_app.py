@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -25,6 +26,9 @@ from ._secrets import EnvSecret, Secret, SecretFile, read_secret_file
 from ._store import Store, make_store
 from .config import Config
 
+if TYPE_CHECKING:
+    from ._telemetry import Tracing
+
 __all__ = ["Components", "build_components", "credential_key", "service_secret"]
 
 
@@ -37,6 +41,7 @@ class Components:
     http: httpx.AsyncClient
     credential_key: bytes = b""
     stats: RotationStats = field(default_factory=RotationStats)
+    tracing: Tracing | None = None  # built once per process (see _server.build_server), kept across reloads
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -72,15 +77,19 @@ def build_components(
     key: bytes | None = None,
     stats: RotationStats | None = None,
     generation: Generation | None = None,
+    tracing: Tracing | None = None,
 ) -> Components:
     """Everything a decision needs. ``transport`` and ``store`` are seams for tests; ``http``, ``store``, ``key``
-    ``stats`` and ``generation`` (with the store) are also how a reload keeps what it may keep."""
+    ``stats`` and ``generation`` (with the store) are also how a reload keeps what it may keep. With ``tracing``,
+    identity verification and every HTTP request to Gerrit or a JWKS are child spans of the Check."""
     stats = stats or RotationStats()
     secret = service_secret(config, stats)
     key = key or credential_key(config)
     http = http or make_http_client(
         max_connections=config.gerrit.max_connections, verify=config.gerrit.verify_tls, transport=transport
     )
+    if tracing is not None:
+        tracing.instrument(http)
     client = GerritClient(
         config.gerrit.url, config.gerrit.username, secret, http, timeout=config.gerrit.timeout, stats=stats
     )
@@ -109,10 +118,12 @@ def build_components(
             sources.append(EnvoyJwtMetadataSource(entry.envoy_jwt_metadata))
         elif entry.mtls is not None:
             sources.append(MtlsSource(entry.mtls))
+    if tracing is not None:
+        sources = [tracing.traced_source(s) for s in sources]
     authorizer = Authorizer(
         Policy.from_config(config.rules),
         IdentityResolver(sources, cache),
         cache,
         shadow=config.server.mode == "shadow",
     )
-    return Components(config, authorizer, cache, store, http, key, stats)
+    return Components(config, authorizer, cache, store, http, key, stats, tracing)

@@ -37,6 +37,7 @@ _RESTART_KEYS = (
     "reflection",
     "check_timeout",
     "retry_after",
+    "outages",
     "shutdown_grace",
     "config_watch_interval",
 )
@@ -48,6 +49,8 @@ def needs_restart(old: Config, new: Config) -> list[str]:
     keys = [f"server.{k}" for k in _RESTART_KEYS if getattr(old.server, k) != getattr(new.server, k)]
     if old.gerrit.events != new.gerrit.events:
         keys.append("gerrit.events")
+    if old.telemetry != new.telemetry:
+        keys.append("telemetry")
     return keys
 
 
@@ -118,6 +121,7 @@ class LiveRuntime:
             # One invalidation count per store: an invalidation through the new cache also keeps the old one,
             # still finishing its Checks, from storing what it fetched before.
             generation=old.cache.generation if keep_store else None,
+            tracing=old.tracing,
         )
         self._current = new
         if not (same_http and keep_store):

@@ -3,6 +3,8 @@
 Allowed: identity headers are set with OVERWRITE_IF_EXISTS_OR_ADD; every other client-sent ``x-gerrit-*`` /
 ``x-authz-*`` header goes to ``headers_to_remove`` (never one that is also set: Envoy may apply removals last).
 Denied: a JSON body, ``www-authenticate`` on 401 and ``retry-after`` on 503.
+Undecided (503): the same denied answer, sent as ``error_response`` unless ``outages_as_errors`` is off (see
+:func:`http_response`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ._input import CheckInput
 from .checkrequest import IDENTITY_HEADER_PREFIXES
 from .errors import Unauthenticated, status_for
 
-__all__ = ["allowed_headers", "denied_body", "denied_headers", "to_check_response"]
+__all__ = ["allowed_headers", "denied_body", "denied_headers", "http_response", "to_check_response"]
 
 _OVERWRITE = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
 
@@ -82,8 +84,22 @@ def _add_options(field: Any, headers: Mapping[str, str]) -> None:
         header.value = value
 
 
-def to_check_response(decision: Decision, inp: CheckInput | None, *, retry_after: int = 5) -> CheckResponse:
-    """The CheckResponse Envoy acts on."""
+def http_response(response: CheckResponse) -> DeniedHttpResponse:
+    """The HTTP answer of a refused CheckResponse, whether it went as ``denied_response`` or ``error_response``."""
+    return response.error_response if response.HasField("error_response") else response.denied_response
+
+
+def to_check_response(
+    decision: Decision, inp: CheckInput | None, *, retry_after: int = 5, outages_as_errors: bool = True
+) -> CheckResponse:
+    """The CheckResponse Envoy acts on.
+
+    An undecided answer (503) goes as ``error_response`` when ``outages_as_errors``: Envoy >= 1.37 then counts it
+    in ``ext_authz.error``, applies ``failure_mode_allow`` and sends our status, headers and body (measured with
+    1.40); older proxies ignore that field and answer a bare 403 (measured with 1.36), so ``server.outages: deny``
+    keeps the 503 in ``denied_response`` for them. The gRPC status stays UNAVAILABLE either way: an
+    ``error_response`` with status OK is an allow to Envoy.
+    """
     if decision.allowed:
         status = status_for(None)
         headers = allowed_headers(decision)
@@ -106,15 +122,15 @@ def to_check_response(decision: Decision, inp: CheckInput | None, *, retry_after
         return response
     assert decision.error is not None
     status = status_for(decision.error)
-    return CheckResponse(
-        status=RpcStatus(code=status.grpc.value[0], message=decision.error.code),
-        denied_response=DeniedHttpResponse(
-            status=HttpStatus(code=status.http),
-            headers=_options(denied_headers(decision, retry_after=retry_after)),
-            body=denied_body(decision),
-        ),
-        dynamic_metadata=_deny_metadata(decision),
+    denied = DeniedHttpResponse(
+        status=HttpStatus(code=status.http),
+        headers=_options(denied_headers(decision, retry_after=retry_after)),
+        body=denied_body(decision),
     )
+    rpc_status = RpcStatus(code=status.grpc.value[0], message=decision.error.code)
+    if outages_as_errors and status.http == 503:
+        return CheckResponse(status=rpc_status, error_response=denied, dynamic_metadata=_deny_metadata(decision))
+    return CheckResponse(status=rpc_status, denied_response=denied, dynamic_metadata=_deny_metadata(decision))
 
 
 def _deny_metadata(decision: Decision) -> Struct:

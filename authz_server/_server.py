@@ -12,6 +12,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
@@ -28,9 +29,13 @@ from ._metrics import Metrics, StreamMetrics
 from ._opstats import ReloadStats
 from ._reload import LiveRuntime, Reloader
 from ._servicer import AuthorizationServicer
+from ._telemetry_config import telemetry_settings
 from .config import Config
 
-__all__ = ["AuthzServer", "build_server", "serve", "tune_gc"]
+if TYPE_CHECKING:
+    from ._telemetry import Tracing
+
+__all__ = ["AuthzServer", "build_server", "make_tracing", "serve", "tune_gc"]
 
 log = logging.getLogger("gerrit_authz.server")
 AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
@@ -93,11 +98,14 @@ class AuthzServer:
         if self.metrics is not None:
             self.metrics.close()
         await (self.runtime or self.components).aclose()
+        if self.components.tracing is not None:
+            # Export what is still buffered; in a thread, as the export blocks (the collector may share this loop).
+            await asyncio.to_thread(self.components.tracing.shutdown)
 
 
 def build_server(config: Config, components: Components | None = None, *, audit: AuditLog | None = None) -> AuthzServer:
     """Build (not start) the servers for ``config``. Audit lines go to ``audit`` (default: the audit logger)."""
-    components = components or build_components(config)
+    components = components or build_components(config, tracing=make_tracing(config))
     audit = audit or AuditLog()
     cfg = config.server
     # Old components are closed (when a reload cannot share them) after the longest a Check may take.
@@ -113,8 +121,10 @@ def build_server(config: Config, components: Components | None = None, *, audit:
             runtime,
             check_timeout=cfg.check_timeout,
             retry_after=retry_after,
+            outages_as_errors=cfg.outages == "error",
             audit=audit,
             metrics=metrics,
+            tracing=components.tracing,
         ),
         server,
     )
@@ -138,6 +148,7 @@ def build_server(config: Config, components: Components | None = None, *, audit:
                 runtime,
                 check_timeout=cfg.check_timeout,
                 retry_after=retry_after,
+                outages_as_errors=cfg.outages == "error",
                 audit=audit,
             ),
             admin,
@@ -150,6 +161,17 @@ def build_server(config: Config, components: Components | None = None, *, audit:
         # Through the runtime: after a reload the events reach the cache that Checks use now.
         events = EventFollower(config.gerrit.events, runtime, observer=observer)
     return AuthzServer(components, server, admin, health, metrics, runtime=runtime, reloads=reloads, events=events)
+
+
+def make_tracing(config: Config) -> Tracing | None:
+    """The process's tracer when ``telemetry:`` or the ``OTEL_*`` variables turn tracing on, else None (and then
+    nothing of OpenTelemetry is even imported)."""
+    settings = telemetry_settings(config.telemetry)
+    if settings is None:
+        return None
+    from ._telemetry import start_tracing
+
+    return start_tracing(settings)
 
 
 def tune_gc() -> None:

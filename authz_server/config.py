@@ -12,8 +12,9 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from ._accounts import AccountField
-from ._extras import require_redis
+from ._extras import require_otel, require_redis
 from ._requirements import Requirement, RequirementError, parse_requirement, placeholders
+from ._telemetry_config import TelemetryConfig, telemetry_settings
 from ._templates import PathTemplate, TemplateError
 from .errors import ConfigError
 
@@ -29,6 +30,7 @@ __all__ = [
     "MtlsConfig",
     "RuleConfig",
     "ServerConfig",
+    "TelemetryConfig",
     "TtlConfig",
     "load_config",
     "parse_config",
@@ -91,6 +93,9 @@ class ServerConfig(_Model):
     retry_after: Duration = 5.0
     # shadow: every would-be deny (401/403) is allowed, audited and counted with the code it would have returned.
     mode: Literal["enforce", "shadow"] = "enforce"
+    # An undecided answer (503) as CheckResponse.error_response (Envoy >= 1.37 counts it as ext_authz.error and
+    # applies failure_mode_allow), or as a plain denied_response (deny: for proxies older than 1.37).
+    outages: Literal["error", "deny"] = "error"
     # How often the config file is checked for changes (0 turns polling off; SIGHUP still reloads).
     config_watch_interval: Duration = 2.0
 
@@ -312,6 +317,7 @@ class Config(_Model):
     identity: list[IdentitySource] = Field(default_factory=list)
     cache: CacheConfig = CacheConfig()
     rules: list[RuleConfig] = Field(min_length=1)
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @model_validator(mode="after")
     def _unique_rules(self) -> Config:
@@ -360,6 +366,10 @@ def parse_config(data: Any) -> Config:
         raise ConfigError(errors) from None
     if config.cache.backend == "redis":
         require_redis()
+    tracing = telemetry_settings(config.telemetry)  # the OTEL_* variables count too
+    if tracing is not None:
+        where = "telemetry.traces_exporter" if config.telemetry.traces_exporter is not None else "OTEL_TRACES_EXPORTER"
+        require_otel(where, http=tracing.protocol == "http/protobuf" and "otlp" in tracing.exporters)
     return config
 
 

@@ -25,6 +25,7 @@ from ._request import (
     strip_protected,
 )
 from ._responses import send_denied, send_unavailable
+from ._tracecontext import trace_metadata
 
 __all__ = ["AuthzMiddleware"]
 
@@ -42,8 +43,9 @@ class AuthzMiddleware:
     Args:
         target: the gerrit-authz ext_authz gRPC address (``host:port`` or any gRPC target URI).
         timeout: seconds one Check may take; past it the request fails closed (503) or, with ``fail_open``, passes.
-        fail_open: when the service is unreachable, times out or errs, let the request through with an
-            unauthenticated ``request.state.authz`` (and a WARNING log line) instead of answering 503.
+        fail_open: when the service is unreachable, times out or errs, or answers that it could not decide
+            (``error_response``: Gerrit unreachable), let the request through with an unauthenticated
+            ``request.state.authz`` (and a WARNING log line) instead of answering 503.
             Spoofable ``x-gerrit-*``/``x-authz-*`` headers are stripped either way.
         exclude_paths: paths (exact match on the decoded path) that are not checked, e.g. ``("/healthz",)``.
         exclude_prefixes: path prefixes that are not checked, e.g. ``("/static/",)``. Paths with ``.``/``..``
@@ -114,7 +116,7 @@ class AuthzMiddleware:
     async def _authorize(self, scope: Scope, receive: Receive, send: Send) -> None:
         request, request_id, generated_id = check_request_from_scope(scope, self.context_extensions)
         try:
-            response = await self.channels.check()(request, timeout=self.timeout)
+            response = await self.channels.check()(request, timeout=self.timeout, metadata=trace_metadata())
         except grpc.aio.AioRpcError as exc:
             await self._unavailable(scope, receive, send, request_id, f"{exc.code().name}: {exc.details()}")
             return
@@ -123,7 +125,11 @@ class AuthzMiddleware:
             await self._unavailable(scope, receive, send, request_id, type(exc).__name__)
             return
         if response.status.code != _OK:
-            await send_denied(scope, send, response)
+            if response.HasField("error_response") and self.fail_open:
+                # The service could not decide (e.g. Gerrit down): an error, as Envoy's failure_mode_allow reads it.
+                await self._unavailable(scope, receive, send, request_id, f"undecided: {response.status.message}")
+                return
+            await send_denied(scope, send, response)  # a deny, or an undecided 503 exactly as the service shaped it
             return
         # Client-sent identity headers are never trusted, whatever the service's answer lists for removal.
         headers = strip_protected(scope.get("headers", ()))

@@ -377,7 +377,9 @@ async def test_gerrit_outage_stale_then_503(gerrit: Any, echo: EchoUpstream, tmp
                 assert "stale_cache" in await explain_sources(app, carol)
                 # Never cached: no usable answer, gerrit-authz's 503 (JSON and retry-after).
                 body = our_deny(await send(proc, "/admin/users", as_user(gerrit.org.dave)), 503)
-                assert body["error"] and proc.stats("http.ingress.ext_authz.error")["http.ingress.ext_authz.error"] == 0
+                assert body["error"] == "gerrit_unavailable"
+                # Sent as error_response: Envoy counts it as an error (failure_mode_allow: false, so our 503 stands).
+                assert proc.stats("http.ingress.ext_authz.error")["http.ingress.ext_authz.error"] == 1
                 # Past the window: the cached answers are gone too.
                 await asyncio.sleep(max(0.0, t_end + TTL + STALE_IF_ERROR + 0.3 - time.monotonic()))
                 resp = await send(proc, ARTIFACT, carol)
