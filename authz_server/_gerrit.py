@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -50,7 +51,10 @@ class _Refused:
 
 
 def make_http_client(
-    *, max_connections: int = 100, verify: bool = True, transport: httpx.AsyncBaseTransport | None = None
+    *,
+    max_connections: int = 100,
+    verify: bool | ssl.SSLContext = True,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
     """The shared client. Cookies are refused: a session cookie set for one caller must never ride along."""
     return httpx.AsyncClient(

@@ -16,12 +16,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ._app import Components, build_components
+from ._app import Components, build_components, gerrit_trust, new_store
 from ._deadline import Deadline
 from ._engine import Decision
 from ._input import CheckInput
 from ._opstats import ReloadStats
-from ._store import make_store
 from .config import Config, load_config
 from .errors import ConfigError
 
@@ -56,7 +55,8 @@ def _same_gerrit(old: Config, new: Config) -> bool:
 
 
 def _same_store(old: Config, new: Config) -> bool:
-    keep = ("backend", "redis_url", "namespace", "max_entries")
+    keep: tuple[str, ...] = ("backend", "redis_url", "namespace", "max_entries")
+    keep += ("redis_ca_file", "redis_username", "redis_password_file", "redis_password_env")
     return all(getattr(old.cache, k) == getattr(new.cache, k) for k in keep)
 
 
@@ -93,19 +93,11 @@ class LiveRuntime:
         """Build components for ``config``, keeping what may be kept, and swap them in."""
         old = self._current
         same_gerrit = _same_gerrit(old.config, config)
-        same_http = same_gerrit and (old.config.gerrit.max_connections, old.config.gerrit.verify_tls) == (
-            config.gerrit.max_connections,
-            config.gerrit.verify_tls,
-        )
+        same_http = same_gerrit and gerrit_trust(old.config) == gerrit_trust(config)
         keep_store = same_gerrit and _same_store(old.config, config)
         store = old.store if keep_store else None
         if store is None:
-            store = make_store(
-                config.cache.backend,
-                redis_url=config.cache.redis_url,
-                namespace=config.cache.namespace,
-                max_entries=config.cache.max_entries,
-            )
+            store = new_store(config)
             if not same_gerrit and config.cache.backend == "redis":
                 await store.clear()  # answers about another Gerrit (or for another account) are not ours
         key = old.credential_key if old.config.cache.credential_key_file == config.cache.credential_key_file else None
@@ -120,7 +112,7 @@ class LiveRuntime:
             generation=old.cache.generation if keep_store else None,
         )
         self._current = new
-        if not (same_http and keep_store):
+        if not (same_http and keep_store) or old.idp_http:
             self._retire(old, close_http=not same_http, close_store=not keep_store)
         return new
 
@@ -131,6 +123,8 @@ class LiveRuntime:
             await asyncio.sleep(self._retire_after)
             if close_http:
                 await old.http.aclose()
+            for client in old.idp_http:  # never shared with the new components
+                await client.aclose()
             if close_store:
                 await old.store.close()
 
