@@ -29,14 +29,14 @@ def upstream_tls(
     certificate. Unreadable files are a :class:`ConfigError` naming ``{where}.ca_file`` and so on."""
     if ca_file is None and cert_file is None:
         return verify
-    ctx = ssl.create_default_context()
+    try:
+        # ca_file replaces the default store (given a cafile, the stdlib loads nothing else).
+        ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else certifi.where())
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError([(f"{where}.ca_file", f"cannot load CA certificates: {_why(exc)}")]) from None
     if not verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-    try:
-        ctx.load_verify_locations(cafile=str(ca_file) if ca_file is not None else certifi.where())
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError([(f"{where}.ca_file", f"cannot load CA certificates: {_why(exc)}")]) from None
     if cert_file is not None:
         try:
             ctx.load_cert_chain(str(cert_file), str(key_file) if key_file is not None else None)
