@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from authz_server._server import AuthzServer, build_server
 from authz_server._tls import CertificateFiles
 from authz_server.config import Config, TlsConfig
 from authz_server.errors import ConfigError
+from authz_server.healthcheck import main as healthcheck
 
 ENVOY = "spiffe://corp.example/ns/edge/sa/envoy"
 
@@ -203,3 +205,12 @@ def test_build_server_reads_the_certificates(make_tls_config: Callable[..., Conf
     with pytest.raises(ConfigError) as err:
         build_server(make_tls_config(tls=tls_block(pki, srv)))
     assert err.value.errors[0][0] == "server.tls.key_file"
+
+
+@pytest.mark.asyncio
+async def test_healthcheck_probe_speaks_mtls(mtls_server: AuthzServer, pki: TestCA) -> None:
+    envoy = pki.issue("probe", uri=ENVOY)
+    tls = ["--cacert", str(pki.cert), "--cert", str(envoy.cert), "--key", str(envoy.key)]
+    assert await asyncio.to_thread(healthcheck, [*tls, mtls_server.address]) == 0
+    assert await asyncio.to_thread(healthcheck, ["--cacert", str(pki.cert), mtls_server.address]) == 1
+    assert await asyncio.to_thread(healthcheck, [mtls_server.address]) == 1  # plaintext against a TLS listener
