@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ._app import Components, build_components, gerrit_trust, new_store
+from ._caller_trust import caller_trust_errors
 from ._deadline import Deadline
 from ._engine import Decision
 from ._input import CheckInput
@@ -38,7 +39,19 @@ _RESTART_KEYS = (
     "retry_after",
     "shutdown_grace",
     "config_watch_interval",
+    "tls",
+    "admin_tls",
+    "caller_authentication",
 )
+# What the caller-trust rule reads: until a restart, the running listeners' settings, not the new file's.
+_LISTENER_KEYS = ("listen", "admin_listen", "tls", "admin_tls", "caller_authentication")
+
+
+def running_trust_errors(running: Config, new: Config) -> list[tuple[str, str]]:
+    """The caller-trust rule for ``new`` on the listeners that are actually running (built from ``running``):
+    a reload cannot enable ``mtls``/``envoy_jwt_metadata`` by claiming a loopback listener it does not have."""
+    server = new.server.model_copy(update={k: getattr(running.server, k) for k in _LISTENER_KEYS})
+    return caller_trust_errors(new.model_copy(update={"server": server}))
 
 
 def needs_restart(old: Config, new: Config) -> list[str]:
@@ -193,6 +206,8 @@ class Reloader:
                 # Parsing and validating takes tens of milliseconds (pure-Python YAML): off the event loop, so
                 # Checks keep being answered meanwhile.
                 config = await asyncio.to_thread(self._load, self._path)
+                if trust := running_trust_errors(self._started, config):
+                    raise ConfigError(trust)
                 await self._runtime.apply(config)
             except ConfigError as exc:
                 self._stats.failures += 1

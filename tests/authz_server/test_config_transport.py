@@ -12,8 +12,11 @@ import yaml
 from _support.authz import example_config_data
 from _support.tls import TestCA
 
+from authz_server._app import build_components
 from authz_server._caller_trust import is_loopback, plaintext_exposed
+from authz_server._opstats import ReloadStats
 from authz_server._redis_conn import RedisConnection, redis_cache_options
+from authz_server._reload import LiveRuntime, Reloader, running_trust_errors
 from authz_server._secrets import SecretFile
 from authz_server._trust import upstream_tls
 from authz_server.cli import main
@@ -168,3 +171,24 @@ def test_upstream_trust_is_a_context_of_its_own(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         upstream_tls("gerrit", cert_file=client.cert, key_file=pki.cert)
     assert err.value.errors[0][0] == "gerrit.client_cert_file"
+
+
+async def test_a_reload_cannot_claim_a_listener_it_does_not_have(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The running Check listener is 0.0.0.0 (plaintext): a new file saying 127.0.0.1 and adding ``mtls`` is
+    refused, because the listener stays 0.0.0.0 until a restart."""
+    running = parse_config(config(server={"listen": "0.0.0.0:9001"}))
+    sneaky = config(server={"listen": "127.0.0.1:9001"}, identity=[MTLS])
+    assert parse_config(sneaky)  # valid on its own
+    assert [k for k, _ in running_trust_errors(running, parse_config(sneaky))] == ["identity[0].mtls"]
+    assert not running_trust_errors(running, parse_config(config(server={"listen": "127.0.0.1:9001"})))
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(sneaky))
+    monkeypatch.setenv(example_config_data()["gerrit"]["password_env"], "pw")
+    runtime = LiveRuntime(build_components(running), retire_after=0)
+    stats = ReloadStats()
+    assert await Reloader(path, runtime, stats, interval=0).reload("test") is False
+    assert stats.failures == 1 and runtime.components.config is running
+    await runtime.aclose()
