@@ -19,6 +19,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from gerrit_authz.v1 import admin_pb2, admin_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from authz_server._callers import caller_sans
 from authz_server._server import AuthzServer, build_server
 from authz_server._tls import CertificateFiles
 from authz_server.config import Config, TlsConfig
@@ -214,3 +215,16 @@ async def test_healthcheck_probe_speaks_mtls(mtls_server: AuthzServer, pki: Test
     assert await asyncio.to_thread(healthcheck, [*tls, mtls_server.address]) == 0
     assert await asyncio.to_thread(healthcheck, ["--cacert", str(pki.cert), mtls_server.address]) == 1
     assert await asyncio.to_thread(healthcheck, [mtls_server.address]) == 1  # plaintext against a TLS listener
+
+
+def test_only_uri_and_dns_sans_name_a_caller() -> None:
+    # grpc's auth context for a certificate with CN spiffe://x/allowed, two URI SANs, a DNS and an email SAN.
+    auth = {
+        "x509_common_name": [b"spiffe://x/allowed"],
+        "x509_subject_alternative_name": [b"spiffe://x/a", b"spiffe://x/b", b"d.example", b"m@example"],
+        "peer_uri": [b"spiffe://x/a", b"spiffe://x/b"],
+        "peer_dns": [b"d.example"],
+        "peer_email": [b"m@example"],
+    }
+    assert caller_sans(auth) == {"spiffe://x/a", "spiffe://x/b", "d.example"}
+    assert caller_sans({"transport_security_type": [b"ssl"]}) == frozenset()
