@@ -60,18 +60,19 @@ class RedisConnection:
         return cls(cache.redis_ca_file, cache.redis_username, password)
 
 
-def _credential_provider(conn: RedisConnection) -> Any:
-    from redis.credentials import CredentialProvider
+class _Credentials:
+    """redis-py's credential-provider interface (``get_credentials[_async]``, asked for every new connection),
+    duck-typed so that this module needs no ``redis`` import (the memory backend works without the extra)."""
 
-    class _Provider(CredentialProvider):
-        def get_credentials(self) -> tuple[str] | tuple[str, str]:
-            password = conn.password.get() if conn.password is not None else ""
-            return (conn.username, password) if conn.username else (password,)
+    def __init__(self, conn: RedisConnection) -> None:
+        self._conn = conn
 
-        async def get_credentials_async(self) -> tuple[str] | tuple[str, str]:
-            return self.get_credentials()
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        password = self._conn.password.get() if self._conn.password is not None else ""
+        return (self._conn.username, password) if self._conn.username else (password,)
 
-    return _Provider()
+    async def get_credentials_async(self) -> tuple[str] | tuple[str, str]:
+        return self.get_credentials()
 
 
 def redis_cache_options(url: str, conn: RedisConnection | None = None) -> dict[str, Any]:
@@ -87,7 +88,7 @@ def redis_cache_options(url: str, conn: RedisConnection | None = None) -> dict[s
         if conn.ca_file is not None:
             pool["ssl_ca_certs"] = str(conn.ca_file)
     if conn.username is not None or conn.password is not None:
-        pool["credential_provider"] = _credential_provider(conn)
+        pool["credential_provider"] = _Credentials(conn)
     return {
         "endpoint": unquote(parts.hostname or "127.0.0.1"),
         "port": parts.port or 6379,
