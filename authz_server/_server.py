@@ -33,7 +33,7 @@ from ._servicer import AuthorizationServicer
 from ._tls import CertificateFiles
 from .config import Config, TlsConfig
 
-__all__ = ["AuthzServer", "build_server", "serve", "tune_gc"]
+__all__ = ["AuthzServer", "build_server", "serve", "tune_gc", "warn_if_exposed"]
 
 log = logging.getLogger("gerrit_authz.server")
 AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
@@ -74,12 +74,7 @@ class AuthzServer:
     async def start(self) -> None:
         cfg = self.components.config.server
         self.address = _bind(self.server, cfg.listen, self.tls)
-        if plaintext_exposed(self.components.config):
-            log.warning(
-                "server.listen %s is plaintext and not loopback: any client that reaches it can call Check; "
-                "set server.tls (with client_ca_file) or server.caller_authentication: mesh",
-                cfg.listen,
-            )
+        warn_if_exposed(self.components.config)
         if self.admin is not None and cfg.admin_listen is not None:
             self.admin_address = _bind(self.admin, cfg.admin_listen, self.admin_tls)
             await self.admin.start()
@@ -104,6 +99,18 @@ class AuthzServer:
         if self.metrics is not None:
             self.metrics.close()
         await (self.runtime or self.components).aclose()
+
+
+def warn_if_exposed(config: Config) -> bool:
+    """Log (and return True) when the Check listener is plaintext off loopback with no mesh vouching for callers."""
+    if not plaintext_exposed(config):
+        return False
+    log.warning(
+        "server.listen %s is plaintext and not loopback: any client that reaches it can call Check; "
+        "set server.tls (with client_ca_file) or server.caller_authentication: mesh",
+        config.server.listen,
+    )
+    return True
 
 
 def build_server(config: Config, components: Components | None = None, *, audit: AuditLog | None = None) -> AuthzServer:

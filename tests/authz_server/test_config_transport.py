@@ -18,6 +18,7 @@ from authz_server._opstats import ReloadStats
 from authz_server._redis_conn import RedisConnection, redis_cache_options
 from authz_server._reload import LiveRuntime, Reloader, running_trust_errors
 from authz_server._secrets import SecretFile
+from authz_server._server import warn_if_exposed
 from authz_server._trust import upstream_tls
 from authz_server.cli import main
 from authz_server.config import Config, parse_config
@@ -192,3 +193,16 @@ async def test_a_reload_cannot_claim_a_listener_it_does_not_have(
     assert await Reloader(path, runtime, stats, interval=0).reload("test") is False
     assert stats.failures == 1 and runtime.components.config is running
     await runtime.aclose()
+
+
+def test_a_plaintext_exposed_listener_is_warned_about_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="gerrit_authz.server"):
+        assert warn_if_exposed(parse_config(config(server={"listen": "0.0.0.0:9001"})))
+        assert not warn_if_exposed(
+            parse_config(config(server={"listen": "0.0.0.0:9001", "caller_authentication": "mesh"}))
+        )
+        assert not warn_if_exposed(parse_config(config()))
+    (record,) = caplog.records
+    assert "0.0.0.0:9001" in record.getMessage() and "plaintext" in record.getMessage()
