@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass, field
 
 import httpx
@@ -24,7 +25,7 @@ from ._policy import Policy
 from ._redis_conn import RedisConnection
 from ._secrets import EnvSecret, Secret, SecretFile, read_secret_file
 from ._store import Store, make_store
-from ._trust import upstream_tls
+from ._trust import ClientCertificateFiles, upstream_tls
 from .config import Config
 
 __all__ = ["Components", "build_components", "credential_key", "gerrit_trust", "new_store", "service_secret"]
@@ -110,7 +111,16 @@ def build_components(
         cert_file=g.client_cert_file,
         key_file=g.client_key_file,
     )
-    http = http or make_http_client(max_connections=g.max_connections, verify=verify, transport=transport)
+    if http is None:
+        watch = None
+        if isinstance(verify, ssl.SSLContext) and g.client_cert_file is not None and g.client_key_file is not None:
+            watch = ClientCertificateFiles(verify, g.client_cert_file, g.client_key_file, "gerrit")
+        http = make_http_client(
+            max_connections=g.max_connections,
+            verify=verify,
+            transport=transport,
+            before_request=watch.before_request if watch is not None else None,
+        )
     client = GerritClient(
         config.gerrit.url, config.gerrit.username, secret, http, timeout=config.gerrit.timeout, stats=stats
     )

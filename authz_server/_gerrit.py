@@ -55,9 +55,12 @@ def make_http_client(
     max_connections: int = 100,
     verify: bool | ssl.SSLContext = True,
     transport: httpx.AsyncBaseTransport | None = None,
+    before_request: Callable[[httpx.Request], Awaitable[None]] | None = None,
 ) -> httpx.AsyncClient:
-    """The shared client. Cookies are refused: a session cookie set for one caller must never ride along."""
+    """The shared client. Cookies are refused: a session cookie set for one caller must never ride along.
+    ``before_request`` runs before each request (a rotated client certificate is loaded there)."""
     return httpx.AsyncClient(
+        event_hooks={"request": [before_request]} if before_request is not None else None,
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         verify=verify,

@@ -7,14 +7,19 @@ the TLS handshake; the caller turns that into an outage of the lookup (503), nev
 
 from __future__ import annotations
 
+import logging
+import os
 import ssl
+import time
 from pathlib import Path
 
 import certifi
 
 from .errors import ConfigError
 
-__all__ = ["upstream_tls"]
+__all__ = ["ClientCertificateFiles", "upstream_tls"]
+
+log = logging.getLogger("gerrit_authz.tls")
 
 
 def upstream_tls(
@@ -50,3 +55,54 @@ def _why(exc: OSError | ssl.SSLError) -> str:
     if isinstance(exc, ssl.SSLError):  # a subclass of OSError: asked first
         return str(exc.reason or exc)
     return exc.strerror or type(exc).__name__
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class ClientCertificateFiles:
+    """The client certificate of an upstream context, loaded again when its files change (a rotated certificate
+    is presented by the next new connection; open connections keep theirs).
+
+    Looked at before each request, at most once per ``interval`` seconds. A pair that does not load (a file
+    missing, the key not matching the certificate yet) is tried on a scratch context first, so the context in use
+    never holds half of it: the previous pair stays until the files agree.
+    """
+
+    def __init__(self, ctx: ssl.SSLContext, cert_file: Path, key_file: Path, where: str, interval: float = 1.0) -> None:
+        self._ctx = ctx
+        self._files = (cert_file, key_file)
+        self._where = where
+        self._interval = interval
+        self._stamps = tuple(_stamp(p) for p in self._files)
+        self._next = time.monotonic() + interval
+        self.reloads = 0
+
+    async def before_request(self, request: object) -> None:
+        """An httpx ``request`` event hook."""
+        self.refresh()
+
+    def refresh(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self._interval
+        stamps = tuple(_stamp(p) for p in self._files)
+        if stamps == self._stamps:
+            return False
+        cert, key = (str(p) for p in self._files)
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key)
+            self._ctx.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("%s.client_cert_file: %s; keeping the previous certificate", self._where, _why(exc))
+            return False
+        self._stamps = stamps
+        self.reloads += 1
+        log.info("%s.client_cert_file: re-read", self._where)
+        return True

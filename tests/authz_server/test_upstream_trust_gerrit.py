@@ -7,6 +7,7 @@ fetched (503 ``jwks_unavailable``). Neither inherits the other's CA. Never an al
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,3 +150,25 @@ async def test_client_certificate_towards_gerrit(
         trust_config(gerrit_mtls.url, secret, idp, gerrit={"ca_file": str(pki.cert)}, jwt={})
     ) as app:
         assert outcome(await decide(app.address, creds)) == (503, "gerrit_unavailable")
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_rotated_client_certificate_towards_gerrit_needs_no_restart(
+    gerrit: Any, gerrit_mtls: TlsForwarder, secret: Path, idp: OidcProviderMock, pki: TestCA, tmp_path: Path
+) -> None:
+    alice = gerrit.org.alice
+    creds = {"authorization": basic(alice.username, alice.http_password)}
+    live_cert, live_key = tmp_path / "client.crt", tmp_path / "client.key"
+    wrong = TestCA(tmp_path, "stranger CA").issue("authz-to-gerrit-old")  # a CA the Gerrit proxy does not accept
+    live_cert.write_bytes(wrong.cert.read_bytes())
+    live_key.write_bytes(wrong.key.read_bytes())
+    gerrit_cfg = {"ca_file": str(pki.cert), "client_cert_file": str(live_cert), "client_key_file": str(live_key)}
+    async with running_server(trust_config(gerrit_mtls.url, secret, idp, gerrit=gerrit_cfg, jwt={})) as app:
+        assert outcome(await decide(app.address, creds)) == (503, "gerrit_unavailable")
+        rotated = pki.issue("authz-to-gerrit-new")
+        live_cert.write_bytes(rotated.cert.read_bytes())  # the certificate first: the pair disagrees meanwhile
+        await asyncio.sleep(1.1)
+        assert outcome(await decide(app.address, creds)) == (503, "gerrit_unavailable")
+        live_key.write_bytes(rotated.key.read_bytes())
+        await asyncio.sleep(1.1)  # the files are looked at at most once a second
+        assert outcome(await decide(app.address, creds)) == (0, "alice")
