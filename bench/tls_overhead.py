@@ -77,9 +77,14 @@ def main() -> None:
             grpc.ssl_channel_credentials(root, client.key.read_bytes(), client.cert.read_bytes()),
         ),
     }
-    servers = {
-        name: Server(f"tls-{name}", ["serve-authz", "0", "--long-ttl", *extra]) for name, (extra, _) in modes.items()
-    }
+    servers: dict[str, Server] = {}
+    try:
+        for name, (extra, _) in modes.items():
+            servers[name] = Server(f"tls-{name}", ["serve-authz", "0", "--long-ttl", *extra])
+    except SystemExit:  # one did not start: stop the others before leaving
+        for server in servers.values():
+            server.stop()
+        raise
     results: dict[str, list[float]] = {name: [] for name in modes}
     wall: dict[str, list[float]] = {name: [] for name in modes}
     try:
