@@ -12,11 +12,11 @@ import logging
 import re
 from collections import OrderedDict
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from aiocache import SimpleMemoryCache
 from aiocache.serializers import StringSerializer
 
+from ._redis_conn import RedisConnection, redis_cache_options
 from .errors import Unavailable
 
 __all__ = ["MemoryStore", "RedisStore", "Store", "make_store"]
@@ -108,22 +108,22 @@ class MemoryStore:
 class RedisStore:
     """Shared store for replicas. Values are JSON (never pickles: a shared store is no place for code)."""
 
-    def __init__(self, url: str, namespace: str = "gerrit-authz:", *, op_timeout: float = 0.25) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss"):
-            raise ValueError("redis_url must start with redis:// or rediss://")
-        db = int(parts.path.lstrip("/") or 0)
+    def __init__(
+        self,
+        url: str,
+        namespace: str = "gerrit-authz:",
+        *,
+        op_timeout: float = 0.25,
+        connection: RedisConnection | None = None,
+    ) -> None:
         self._ns = namespace
         # Imported here, not at module level: aiocache has RedisCache only with the `redis` extra installed,
         # and the memory backend must work without it.
         from aiocache.backends.redis import RedisCache
 
         self._cache = RedisCache(
-            endpoint=parts.hostname or "127.0.0.1",
-            port=parts.port or 6379,
-            db=db,
-            password=parts.password,
-            ssl=parts.scheme == "rediss",
+            # Address, TLS and credentials: see _redis_conn.
+            **redis_cache_options(url, connection),
             namespace=namespace,
             # Values are JSON text already; aiocache's default JsonSerializer would encode them a second time.
             serializer=StringSerializer(),
@@ -188,10 +188,15 @@ class RedisStore:
 
 
 def make_store(
-    backend: str, *, redis_url: str | None = None, namespace: str = "gerrit-authz:", max_entries: int = 100_000
+    backend: str,
+    *,
+    redis_url: str | None = None,
+    namespace: str = "gerrit-authz:",
+    max_entries: int = 100_000,
+    redis_connection: RedisConnection | None = None,
 ) -> Store:
     """The configured store."""
     if backend == "redis":
         assert redis_url is not None
-        return RedisStore(redis_url, namespace)
+        return RedisStore(redis_url, namespace, connection=redis_connection)
     return MemoryStore(max_entries)

@@ -12,7 +12,9 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from ._accounts import AccountField
+from ._caller_trust import caller_trust_errors
 from ._extras import require_otel, require_redis
+from ._redis_conn import check_redis_url
 from ._requirements import Requirement, RequirementError, parse_requirement, placeholders
 from ._telemetry_config import TelemetryConfig, telemetry_settings
 from ._templates import PathTemplate, TemplateError
@@ -31,6 +33,7 @@ __all__ = [
     "RuleConfig",
     "ServerConfig",
     "TelemetryConfig",
+    "TlsConfig",
     "TtlConfig",
     "load_config",
     "parse_config",
@@ -83,9 +86,32 @@ def _address(value: str) -> str:
 Address = Annotated[str, BeforeValidator(lambda v: _address(str(v)))]
 
 
+class TlsConfig(_Model):
+    """TLS on a gRPC listener; files are re-read when they change (see :mod:`authz_server._tls`)."""
+
+    cert_file: Path
+    key_file: Path
+    # With it, client certificates are required and must chain to this CA (mTLS).
+    client_ca_file: Path | None = None
+    # The client-certificate SANs (URI or DNS, exact) allowed to call; others get an RPC error.
+    allowed_callers: list[str] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _callers_need_ca(self) -> TlsConfig:
+        if self.allowed_callers is not None and self.client_ca_file is None:
+            raise ValueError("allowed_callers needs client_ca_file (only a verified certificate names its caller)")
+        if self.allowed_callers is not None and any(not c or c != c.strip() for c in self.allowed_callers):
+            raise ValueError("allowed_callers: entries must be non-empty SANs without surrounding spaces")
+        return self
+
+
 class ServerConfig(_Model):
     listen: Address = "127.0.0.1:9001"
     admin_listen: Address | None = "127.0.0.1:9002"
+    tls: TlsConfig | None = None  # on ``listen`` (ext_authz, health and reflection)
+    admin_tls: TlsConfig | None = None  # on ``admin_listen``
+    # "mesh": a plaintext listener whose callers a service mesh (Istio, Linkerd) authenticates.
+    caller_authentication: Literal["mesh"] | None = None
     metrics_listen: Address | None = None  # Prometheus /metrics over HTTP; off unless set
     reflection: bool = True
     check_timeout: Duration = 1.0
@@ -144,12 +170,19 @@ class GerritConfig(_Model):
     timeout: Duration = 2.0
     max_connections: int = Field(default=100, ge=1)
     verify_tls: bool = True
+    ca_file: Path | None = None  # trust for Gerrit's certificate (default: the system's store)
+    client_cert_file: Path | None = None  # a client certificate presented to Gerrit (with client_key_file)
+    client_key_file: Path | None = None
     events: EventsConfig | None = None
 
     @model_validator(mode="after")
     def _one_secret(self) -> GerritConfig:
         if (self.password_env is None) == (self.password_file is None):
             raise ValueError("set exactly one of password_env or password_file")
+        if self.ca_file is not None and not self.verify_tls:
+            raise ValueError("ca_file is a trust to verify against: it cannot go with verify_tls: false")
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise ValueError("client_cert_file and client_key_file go together")
         if not self.url.startswith(("http://", "https://")):
             raise ValueError("url must start with http:// or https://")
         return self
@@ -188,6 +221,8 @@ class JwtConfig(_AccountMapping):
     jwks_min_refresh_interval: Duration = 10.0
     # Tokens whose exp - iat exceeds it are refused (iat then required): tokens stay short-lived.
     max_token_lifetime: Duration | None = Field(default=None, gt=0)
+    # Trust for the issuer's discovery document and JWKS (default: the system's store; never gerrit.ca_file).
+    ca_file: Path | None = None
 
 
 class GerritHttpCredentialsConfig(_Model):
@@ -252,11 +287,20 @@ class CacheConfig(_Model):
     # Key for the hashes credentials are cached under; replicas sharing Redis need the same one. Without it
     # each process picks a random key (credential entries are then private to that process).
     credential_key_file: Path | None = None
+    # Redis connection security: TLS trust for rediss://, and the credentials (never in redis_url).
+    redis_ca_file: Path | None = None
+    redis_username: str | None = Field(default=None, min_length=1)
+    redis_password_file: Path | None = None
+    redis_password_env: str | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _redis_url(self) -> CacheConfig:
         if self.backend == "redis" and not self.redis_url:
             raise ValueError("backend redis needs redis_url")
+        if self.redis_url is not None:
+            check_redis_url(self.redis_url, ca_file=self.redis_ca_file is not None)
+        if self.redis_password_file is not None and self.redis_password_env is not None:
+            raise ValueError("set at most one of redis_password_file or redis_password_env")
         return self
 
 
@@ -370,6 +414,8 @@ def parse_config(data: Any) -> Config:
     if tracing is not None:
         where = "telemetry.traces_exporter" if config.telemetry.traces_exporter is not None else "OTEL_TRACES_EXPORTER"
         require_otel(where, http=tracing.protocol == "http/protobuf" and "otlp" in tracing.exporters)
+    if trust_errors := caller_trust_errors(config):
+        raise ConfigError(trust_errors)
     return config
 
 

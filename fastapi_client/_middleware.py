@@ -25,6 +25,7 @@ from ._request import (
     strip_protected,
 )
 from ._responses import send_denied, send_unavailable
+from ._service_tls import ServiceTls
 from ._tracecontext import trace_metadata
 
 __all__ = ["AuthzMiddleware"]
@@ -54,6 +55,8 @@ class AuthzMiddleware:
             unchecked (browsers send preflights without credentials).
         context_extensions: ``attributes.context_extensions`` for every Check, as Envoy's per-route setting.
         credentials: gRPC channel credentials for a TLS target (default: plaintext, for a loopback sidecar).
+        tls: :class:`ServiceTls` (CA, client certificate) for a TLS target, its files re-read when they change;
+            instead of ``credentials``.
         channel_options: gRPC channel options (default: a short reconnect backoff).
         retry_after: the ``retry-after`` seconds of the 503 sent when the service is unavailable.
 
@@ -76,6 +79,7 @@ class AuthzMiddleware:
         credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS,
         retry_after: int = 5,
+        tls: ServiceTls | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -88,7 +92,7 @@ class AuthzMiddleware:
         self.allow_cors_preflight = allow_cors_preflight
         self.context_extensions = dict(context_extensions or {})
         self.retry_after = retry_after
-        self.channels = ChannelPool(target, credentials=credentials, options=channel_options)
+        self.channels = ChannelPool(target, credentials=credentials, options=channel_options, tls=tls)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
