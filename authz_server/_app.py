@@ -21,6 +21,7 @@ from ._identity import (
 from ._identity.jwt import JwtVerifier
 from ._opstats import RotationStats
 from ._policy import Policy
+from ._response import challenge_schemes
 from ._secrets import EnvSecret, Secret, SecretFile, read_secret_file
 from ._store import Store, make_store
 from .config import Config
@@ -114,5 +115,6 @@ def build_components(
         IdentityResolver(sources, cache),
         cache,
         shadow=config.server.mode == "shadow",
+        challenges=challenge_schemes(config.identity),
     )
     return Components(config, authorizer, cache, store, http, key, stats)

@@ -197,7 +197,7 @@ class EnvoyJwtMetadataConfig(_AccountMapping):
 
 
 class MtlsConfig(_Model):
-    """A client certificate Envoy validated: ``attributes.source.principal`` (URI SAN, else subject)."""
+    """A client certificate Envoy validated: ``attributes.source.principal`` (URI SAN, else DNS SAN, else subject)."""
 
     match: str | None = None  # "spiffe://corp.example/ci/{account}"; without it the whole principal
     account_field: Literal["username", "email"] = "username"
