@@ -338,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ["PATH"] = f"{BIN}:{os.environ['PATH']}"
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # Ctrl-C always stops the demo, even when started in the background of a script (which ignores SIGINT).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     workdir: Path = args.workdir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
