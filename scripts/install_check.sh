@@ -101,12 +101,12 @@ mkdir "$work/alone" "$work/home"
 git clone --quiet "$repo" "$work/alone/gerrit-authz"
 [[ "$(ls -A "$work/alone")" == "gerrit-authz" ]] || fail "something sits beside the clone"
 clone="$work/alone/gerrit-authz"
-in_clone() {  # exec all the way down, so that $! of `in_clone ... &` is the command's own pid
-  (cd "$clone" && exec env -u XDG_CACHE_HOME -u PIP_CACHE_DIR -u GERRIT_AUTHZ_CACHE -u MAVEN_OPTS -u VIRTUAL_ENV \
-    HOME="$work/home" "$@")
-}
+clone_env=(env -u XDG_CACHE_HOME -u PIP_CACHE_DIR -u GERRIT_AUTHZ_CACHE -u MAVEN_OPTS -u VIRTUAL_ENV HOME="$work/home")
+in_clone() { (cd "$clone" && exec "${clone_env[@]}" "$@"); }
 echo "install-check: scripts/quickstart.sh --keep-running from a bare clone, HOME empty"
-in_clone scripts/quickstart.sh --keep-running >"$work/quickstart.out" 2>&1 &
+# exec all the way down (subshell -> env -> quickstart.sh -> python), so that $! is the demo itself: a shell
+# between them would ignore SIGINT (background jobs of a non-interactive shell do) and never pass it on.
+(cd "$clone" && exec "${clone_env[@]}" scripts/quickstart.sh --keep-running) >"$work/quickstart.out" 2>&1 &
 demo_pid=$!
 for _ in $(seq 1 900); do  # at most 15 min (all downloads included)
   grep -q "press Ctrl-C to stop" "$work/quickstart.out" && break
