@@ -130,7 +130,7 @@ class Demo:
         taken = [f"{name} ({port})" for name, port in PORTS.items() if not port_free(port)]
         if taken:
             raise SystemExit(f"demo: these ports are in use: {', '.join(taken)}")
-        say("demo: starting Gerrit (first run fetches it from Maven Central) ...")
+        say("demo: starting Gerrit ...")
         self.gerrit.start()
         org = provision(self.gerrit.url, self.gerrit.admin_auth)
         say(f"demo: Gerrit {self.gerrit.url} with users alice, bob, carol, dave; groups release-managers, build-devs;")
