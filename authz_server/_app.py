@@ -24,6 +24,7 @@ from ._identity.jwt import JwtVerifier
 from ._opstats import RotationStats
 from ._policy import Policy
 from ._redis_conn import RedisConnection
+from ._response import challenge_schemes
 from ._secrets import EnvSecret, Secret, SecretFile, read_secret_file
 from ._store import Store, make_store
 from ._trust import ClientCertificateFiles, upstream_tls
@@ -169,5 +170,6 @@ def build_components(
         IdentityResolver(sources, cache),
         cache,
         shadow=config.server.mode == "shadow",
+        challenges=challenge_schemes(config.identity),
     )
     return Components(config, authorizer, cache, store, http, key, stats, tracing, idp_http)

@@ -46,7 +46,8 @@ def build_check_request(
 
     ``path`` includes the query string, as on the wire. ``headers`` must already be lower-cased and joined (see
     :func:`join_headers`); the HTTP/2-style pseudo-headers Envoy adds are added here. ``source_principal`` is
-    the verified client certificate's URI SAN or subject, as Envoy reports it (only pass one that was verified).
+    the verified client certificate's principal as Envoy reports it: URI SAN, else DNS SAN, else subject (only
+    pass one that was verified).
     """
     all_headers = {":method": method, ":path": path, ":authority": host, ":scheme": scheme, **(headers or {})}
     if request_id:

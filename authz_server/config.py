@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from ._accounts import AccountField
 from ._caller_trust import caller_trust_errors
@@ -21,6 +21,7 @@ from ._templates import PathTemplate, TemplateError
 from .errors import ConfigError
 
 __all__ = [
+    "HTTP_METHODS",
     "CacheConfig",
     "Config",
     "EnvoyJwtMetadataConfig",
@@ -236,7 +237,7 @@ class EnvoyJwtMetadataConfig(_AccountMapping):
 
 
 class MtlsConfig(_Model):
-    """A client certificate Envoy validated: ``attributes.source.principal`` (URI SAN, else subject)."""
+    """A client certificate Envoy validated: ``attributes.source.principal`` (URI SAN, else DNS SAN, else subject)."""
 
     match: str | None = None  # "spiffe://corp.example/ci/{account}"; without it the whole principal
     account_field: Literal["username", "email"] = "username"
@@ -304,9 +305,25 @@ class CacheConfig(_Model):
         return self
 
 
+#: The methods a rule may name: RFC 9110's, PATCH (RFC 5789) and WebDAV's (RFC 4918). A typo such as ``PSOT``
+#: would make a rule that never matches, so the request falls through to a later, maybe laxer, rule.
+HTTP_METHODS = frozenset(
+    {
+        *("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"),
+        *("PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK"),
+    }
+)
+
+
+def _method(value: str) -> str:
+    if value.upper() not in HTTP_METHODS:
+        raise ValueError(f"unknown HTTP method {value!r} (expected one of {', '.join(sorted(HTTP_METHODS))})")
+    return value
+
+
 class MatchConfig(_Model):
     # An empty list would silently mean "anything"; leave the key out for that.
-    methods: list[str] | None = Field(default=None, min_length=1)
+    methods: list[Annotated[str, AfterValidator(_method)]] | None = Field(default=None, min_length=1)
     path: str | None = None
     path_prefix: str | None = None
     hosts: list[str] | None = Field(default=None, min_length=1)

@@ -2,8 +2,8 @@
 
 Run gerrit-authz with the contract's example configuration, then::
 
-    GERRIT_AUTHZ_TARGET=127.0.0.1:9001 uvicorn examples.fastapi_app.app:app --port 8000
-    curl -u bob:HTTP-PASSWORD http://127.0.0.1:8000/artifacts/platform%2Fbuild/-/main/out/app.tar
+    GERRIT_AUTHZ_TARGET=127.0.0.1:9001 uvicorn examples.fastapi_app.app:app --port 8081
+    curl -u bob:HTTP-PASSWORD http://127.0.0.1:8081/artifacts/platform%2Fbuild/-/main/out/app.tar
 
 The routes match the example policy's rules (health, read-artifacts, upload-artifacts, deploy, signed-in).
 ``/healthz`` is excluded from checks so that liveness probes do not depend on the authorization service.

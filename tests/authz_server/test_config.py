@@ -389,3 +389,64 @@ class TestCheckConfigCli:
         )
         assert failed.returncode == 2
         assert "rules[1].match.bogus: unknown key" in failed.stderr
+
+
+class TestMethods:
+    """A misspelt method would make a rule that never matches, so the request falls to a later, laxer rule."""
+
+    def test_an_unknown_method_is_an_error_naming_its_key_path(self, example_data: dict[str, Any]) -> None:
+        example_data["rules"][2]["match"]["methods"] = ["PUT", "PSOT"]
+        [(key, reason)] = errors_of(example_data)
+        assert key == "rules[2].match.methods[1]"
+        assert reason.startswith("unknown HTTP method 'PSOT' (expected one of ")
+
+    @pytest.mark.parametrize("method", ["PSOT", "FOO", "G ET", "", "*"])
+    def test_anything_outside_the_accepted_set_is_refused(self, example_data: dict[str, Any], method: str) -> None:
+        example_data["rules"][0]["match"]["methods"] = [method]
+        errors = errors_of(example_data)
+        assert [key for key, _ in errors] == ["rules[0].match.methods[0]"]
+
+    @pytest.mark.parametrize("method", ["GET", "patch", "OPTIONS", "TRACE", "CONNECT", "PROPFIND", "MKCOL", "UNLOCK"])
+    def test_rfc_9110_patch_and_webdav_methods_are_accepted(self, example_data: dict[str, Any], method: str) -> None:
+        example_data["rules"][0]["match"]["methods"] = [method]
+        parse_config(example_data)
+
+    def test_check_config_exits_2_naming_the_key(
+        self, example_data: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        example_data["rules"][3]["match"]["methods"] = ["PSOT"]
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(yaml.safe_dump(example_data))
+        assert main(["check-config", str(bad)]) == 2
+        assert "rules[3].match.methods[0]: unknown HTTP method 'PSOT'" in capsys.readouterr().err
+
+
+class TestCheckConfigSaysWhatItDidNotCheck:
+    def test_an_unset_secret_unread_files_and_unreached_services_are_named(
+        self,
+        example_data: dict[str, Any],
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.delenv("GERRIT_AUTHZ_PASSWORD", raising=False)
+        example_data["cache"]["credential_key_file"] = str(tmp_path / "absent-key")
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(example_data))
+        assert main(["check-config", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert "OK" in out
+        assert "not checked" in out
+        assert "gerrit.password_env: environment variable GERRIT_AUTHZ_PASSWORD is not set" in out
+        assert f"cache.credential_key_file: {tmp_path / 'absent-key'} not read" in out
+        assert f"Gerrit at {example_data['gerrit']['url']}" in out
+        assert f"the OIDC issuer {example_data['identity'][0]['jwt']['issuer']}" in out
+
+    def test_a_set_secret_is_not_claimed_to_work(
+        self, example_config_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("GERRIT_AUTHZ_PASSWORD", "s3cret-value")
+        assert main(["check-config", str(example_config_path)]) == 0
+        out = capsys.readouterr().out
+        assert "gerrit.password_env: set, but not tried against Gerrit" in out
+        assert "s3cret-value" not in out

@@ -110,7 +110,7 @@ async def test_dns_san_is_matched_exactly(mtls_server: AuthzServer, pki: TestCA)
 
 
 def issue_dns(pki: TestCA, name: str, dns: str) -> CertFiles:
-    return pki.issue(name, dns=dns)
+    return pki.issue(name, dns=(dns,))
 
 
 @pytest.mark.asyncio

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -191,13 +192,42 @@ async def test_unauthenticated_is_401_with_challenge_and_json(envoy: EnvoyProces
     before = echo.requests
     resp = await send(envoy, "/dashboard")
     body = our_deny(resp, 401)
-    assert resp.headers["www-authenticate"] == 'Bearer realm="gerrit-authz"'
+    # One challenge per configured kind, each its own header line, in the order of the identity sources:
+    # envoy_jwt_metadata (a token) then gerrit_http_credentials.
+    assert resp.headers.get_list("www-authenticate") == ['Bearer realm="gerrit-authz"', 'Basic realm="gerrit-authz"']
     assert body["rule"] == "signed-in"
     bad = await send(envoy, "/dashboard", {"authorization": basic("bob", "not-his-password")})
     assert our_deny(bad, 401)["error"] == "invalid_credentials"
-    assert 'error="invalid_token"' in bad.headers["www-authenticate"]
+    # A bad password is no bad token: Bearer without error="invalid_token", and Basic offered again.
+    assert bad.headers.get_list("www-authenticate") == ['Bearer realm="gerrit-authz"', 'Basic realm="gerrit-authz"']
     assert "not-his-password" not in bad.text
     assert echo.requests == before  # denied requests never reach the upstream
+
+
+async def test_curl_anyauth_finds_basic_in_the_challenge(envoy: EnvoyProcess, gerrit: Any) -> None:
+    """curl -u sends Basic up front; --anyauth sends nothing first and answers only a scheme the 401 offers."""
+    bob = gerrit.org.bob
+
+    async def curl(*args: str) -> str:
+        # In a thread: gerrit-authz answers Envoy from this very event loop.
+        out = await asyncio.to_thread(
+            subprocess.run,
+            ["curl", "-sS", "-o", "/dev/null", "-D", "-", "--max-time", "15", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return out.stdout
+
+    url = envoy.url("ingress") + "/dashboard"
+    wrong = await curl("-u", f"{bob.username}:not-his-password", url)
+    assert wrong.startswith("HTTP/1.1 401"), wrong
+    challenges = [line.split(":", 1)[1].strip() for line in wrong.splitlines() if line.lower().startswith("www-auth")]
+    assert 'Basic realm="gerrit-authz"' in challenges, wrong
+    negotiated = await curl("--anyauth", "-u", f"{bob.username}:{bob.http_password}", url)
+    statuses = [line.split()[1] for line in negotiated.splitlines() if line.startswith("HTTP/")]
+    assert statuses == ["401", "200"], negotiated  # asked, offered Basic, answered it
 
 
 async def test_forbidden_is_403_json(envoy: EnvoyProcess, gerrit: Any) -> None:

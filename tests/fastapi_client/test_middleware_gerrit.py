@@ -73,8 +73,13 @@ async def test_asgi_allow_deny_and_spoofing(authz: AuthzServer, gerrit: Any) -> 
 
         anonymous = await client.get("/me")
         assert anonymous.status_code == 401
-        assert anonymous.headers["www-authenticate"] == 'Bearer realm="gerrit-authz"'
+        assert anonymous.headers.get_list("www-authenticate") == ['Basic realm="gerrit-authz"']
         assert anonymous.json()["error"] and anonymous.json()["rule"] == "signed-in"
+
+        # Wrong Basic credentials: told to send Basic again (curl -u, git and browsers depend on it).
+        wrong = await client.get("/me", headers={"authorization": basic("bob", "not-his-password")})
+        assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_credentials"
+        assert wrong.headers.get_list("www-authenticate") == ['Basic realm="gerrit-authz"']
 
         denied = await client.get(SECRET_ARTIFACT, headers=as_user(org.carol))
         assert denied.status_code == 403
@@ -145,7 +150,7 @@ async def test_uvicorn_http_and_websockets(authz: AuthzServer, gerrit: Any) -> N
         assert resp.json()["x-gerrit-account-id"] == str(org.bob.account_id)
 
         anonymous = await client.get("/me")
-        assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"].startswith("Bearer")
+        assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"] == 'Basic realm="gerrit-authz"'
         denied = await client.get(SECRET_ARTIFACT, headers=as_user(org.carol))
         assert denied.status_code == 403 and denied.json()["rule"] == "read-artifacts"
         assert (await client.get("/healthz")).status_code == 200
@@ -161,7 +166,7 @@ async def test_uvicorn_http_and_websockets(authz: AuthzServer, gerrit: Any) -> N
                 pass
         response = rejected.value.response
         assert response.status_code == 401  # the real status, via the websocket.http.response extension
-        assert response.headers["www-authenticate"] == 'Bearer realm="gerrit-authz"'
+        assert response.headers["www-authenticate"] == 'Basic realm="gerrit-authz"'
         assert json.loads(response.body)["rule"] == "signed-in"
 
         with pytest.raises(websockets.exceptions.InvalidStatus) as wrong:
