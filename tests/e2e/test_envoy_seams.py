@@ -97,12 +97,14 @@ async def test_underscore_identity_headers_never_reach_the_wsgi_environ(tmp_path
     bootstrap = example_bootstrap()
     assert ingress(bootstrap)["common_http_protocol_options"]["headers_with_underscores_action"] == "REJECT_REQUEST"
     ingress(bootstrap)["common_http_protocol_options"]["headers_with_underscores_action"] = underscores
-    async with authz_server(tmp_path) as authz:
-        with wsgi_upstream(environs) as upstream:
-            async with envoy_for(bootstrap, authz, upstream, tmp_path / "envoy") as base:
-                async with httpx.AsyncClient(base_url=base, timeout=15) as client:
-                    anonymous = await client.get("/healthz", headers=SPOOF)  # `anyone`: no identity at all
-                    alice = await client.get("/dashboard/me", headers={**SPOOF, **basic(0)})
+    with wsgi_upstream(environs) as upstream:
+        async with (
+            authz_server(tmp_path) as authz,
+            envoy_for(bootstrap, authz, upstream, tmp_path / "envoy") as base,
+            httpx.AsyncClient(base_url=base, timeout=15) as client,
+        ):
+            anonymous = await client.get("/healthz", headers=SPOOF)  # `anyone`: no identity at all
+            alice = await client.get("/dashboard/me", headers={**SPOOF, **basic(0)})
     if underscores == "REJECT_REQUEST":
         assert anonymous.status_code == alice.status_code == 400  # Envoy's front door
         assert environs == []
@@ -147,13 +149,16 @@ async def test_an_encoded_slash_never_dodges_the_deploy_route(tmp_path: Path, es
     assert ingress(bootstrap)["path_with_escaped_slashes_action"] == "UNESCAPE_AND_REDIRECT"
     ingress(bootstrap)["path_with_escaped_slashes_action"] = escaped_slashes
     user = basic(1)  # signed in, not a release manager
-    async with authz_server(tmp_path, deploy_rules()) as authz, uvicorn_on_loop(deploy_app(runs)) as upstream:
-        async with envoy_for(bootstrap, authz, upstream, tmp_path / "envoy") as base:
-            async with httpx.AsyncClient(timeout=15, follow_redirects=True) as client:
-                responses = {}
-                for path in ("/deploy%2F12", "/deploy%2f12", "/deploy/12"):
-                    url = httpx.URL(base).copy_with(raw_path=path.encode())
-                    responses[path] = await client.post(url, headers=user)
+    responses = {}
+    async with (
+        authz_server(tmp_path, deploy_rules()) as authz,
+        uvicorn_on_loop(deploy_app(runs)) as upstream,
+        envoy_for(bootstrap, authz, upstream, tmp_path / "envoy") as base,
+        httpx.AsyncClient(timeout=15, follow_redirects=True) as client,
+    ):
+        for path in ("/deploy%2F12", "/deploy%2f12", "/deploy/12"):
+            url = httpx.URL(base).copy_with(raw_path=path.encode())
+            responses[path] = await client.post(url, headers=user)
     assert runs == [], runs  # the deploy handler never ran for this caller
     assert responses["/deploy/12"].status_code == 403
     assert responses["/deploy/12"].json()["rule"] == "deploy"
@@ -170,9 +175,12 @@ async def test_an_encoded_slash_never_dodges_the_deploy_route(tmp_path: Path, es
 
 async def test_a_release_manager_still_deploys_through_the_route(tmp_path: Path) -> None:
     runs: list[str] = []
-    async with authz_server(tmp_path, deploy_rules()) as authz, uvicorn_on_loop(deploy_app(runs)) as upstream:
-        async with envoy_for(example_bootstrap(), authz, upstream, tmp_path / "envoy") as base:
-            async with httpx.AsyncClient(base_url=base, timeout=15) as client:
-                response = await client.post("/deploy/12", headers=basic(0))
+    async with (
+        authz_server(tmp_path, deploy_rules()) as authz,
+        uvicorn_on_loop(deploy_app(runs)) as upstream,
+        envoy_for(example_bootstrap(), authz, upstream, tmp_path / "envoy") as base,
+        httpx.AsyncClient(base_url=base, timeout=15) as client,
+    ):
+        response = await client.post("/deploy/12", headers=basic(0))
     assert response.status_code == 200, response.text
     assert runs == ["deploy"]
