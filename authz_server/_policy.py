@@ -9,8 +9,9 @@ request is refused (400 ``ambiguous_path``). A rule whose methods include GET al
 The same holds for the other readings of a request some router may route on (:mod:`authz_server._readings`: the
 trailing slash dropped, case folded, a ``.json`` suffix dropped, a method override): when one of them would be
 governed by a rule placed above the chosen one, the request is refused. A rule's ``context_extensions`` condition
-is taken as met for these readings: the Envoy route that set the extensions matched the path as sent, so a
-spelling it routed elsewhere (``POST /deploy%2F12`` missing a ``/deploy/`` route) says nothing about them.
+is taken as met for a reading when its path part does not govern the path as sent: Envoy chose its route on that
+spelling, so a reading it routed elsewhere (``POST /deploy%2F12`` missing a ``/deploy/`` route) says nothing about
+the extensions the other route would have sent.
 """
 
 from __future__ import annotations
@@ -90,14 +91,23 @@ class Rule:
         except UnicodeDecodeError:
             raise BadRequest("malformed_path", "a path segment is not valid UTF-8 once decoded") from None
 
-    def governs_reading(self, inp: CheckInput, path: str, *, folded: bool, method: str | None = None) -> bool:
-        """Whether this rule would govern ``path`` (another reading of ``inp``), its context condition taken as met.
+    def governs_reading(
+        self, inp: CheckInput, path: str, *, folded: bool, method: str | None = None, context_as_met: bool = True
+    ) -> bool:
+        """Whether this rule would govern ``path`` (another reading of ``inp``), its context condition taken as met
+        unless ``context_as_met`` is false.
 
         A template that splits the reading in more than one way counts as governing it: refuse rather than guess.
         """
         if self.methods is not None and (method or inp.method) not in self.methods:
             return False
         if self.hosts is not None and inp.host not in self.hosts and _without_port(inp.host) not in self.hosts:
+            return False
+        if (
+            not context_as_met
+            and self.context is not None
+            and any(inp.context_extensions.get(k) != v for k, v in self.context.items())
+        ):
             return False
         if self.prefix is not None and not path.startswith(ascii_fold(self.prefix) if folded else self.prefix):
             return False
@@ -144,7 +154,14 @@ class Policy:
     def _refuse_stricter_readings(self, inp: CheckInput, found: Match) -> None:
         """Raise when a rule placed above ``found`` governs another reading of the request."""
         for method in override_methods(inp.method, inp.headers, inp.query):
-            other = next((r for r in self.rules if r.governs_reading(inp, inp.path, folded=False, method=method)), None)
+            other = next(
+                (
+                    r
+                    for r in self.rules
+                    if r.governs_reading(inp, inp.path, folded=False, method=method, context_as_met=False)
+                ),
+                None,
+            )
             if other is not found.rule:
                 raise BadRequest(
                     "ambiguous_method",
@@ -154,9 +171,18 @@ class Policy:
         above = self.rules[: self._order[id(found.rule)]]
         if not above:
             return
+        # A context rule whose path part governs the path as sent was judged on the route Envoy really chose: its
+        # extensions say no whatever the spelling. Only where the spelling decides the path part is the route (and
+        # so the extensions) in doubt.
+        context_in_doubt = {
+            id(rule): rule.context is not None and not rule.governs_reading(inp, inp.path, folded=False)
+            for rule in above
+        }
         for reading in readings(inp.path):
             for rule in above:
-                if rule.governs_reading(inp, reading.path, folded=reading.folded):
+                if rule.governs_reading(
+                    inp, reading.path, folded=reading.folded, context_as_met=context_in_doubt[id(rule)]
+                ):
                     raise BadRequest(
                         "ambiguous_path",
                         f"with {reading.why} the path is governed by rule {rule.name!r}, placed above the rule "
