@@ -173,15 +173,18 @@ class Policy:
             return
         # A context rule whose path part governs the path as sent was judged on the route Envoy really chose: its
         # extensions say no whatever the spelling. Only where the spelling decides the path part is the route (and
-        # so the extensions) in doubt.
-        context_in_doubt = {
-            id(rule): rule.context is not None and not rule.governs_reading(inp, inp.path, folded=False)
-            for rule in above
-        }
+        # so the extensions) in doubt. Computed only when there is another reading (most paths have none).
+        context_in_doubt: dict[int, bool] | None = None
         for reading in readings(inp.path):
+            if context_in_doubt is None:
+                context_in_doubt = {
+                    id(rule): not rule.governs_reading(inp, inp.path, folded=False)
+                    for rule in above
+                    if rule.context is not None
+                }
             for rule in above:
                 if rule.governs_reading(
-                    inp, reading.path, folded=reading.folded, context_as_met=context_in_doubt[id(rule)]
+                    inp, reading.path, folded=reading.folded, context_as_met=context_in_doubt.get(id(rule), False)
                 ):
                     raise BadRequest(
                         "ambiguous_path",

@@ -55,22 +55,27 @@ def _without_suffix(path: str) -> str | None:
 
 def readings(path: str) -> Iterator[Reading]:
     """Every reading of ``path`` that differs from it (at most five, each computed only when it can differ)."""
+    seen: list[str] = []
     combined = path
     if "%2F" in path:
         combined = slash_view(path)
+        seen.append(combined)
         yield Reading("'%2F' read as '/'", combined, folded=False)
     if len(path) > 1 and path.endswith("/"):
         combined = combined[:-1] if len(combined) > 1 and combined.endswith("/") else combined
+        seen.append(path[:-1])
         yield Reading("the trailing slash dropped", path[:-1], folded=False)
     stripped = _without_suffix(path)
     if stripped is not None:
-        yield Reading("the final '.suffix' dropped", stripped, folded=False)
         combined = _without_suffix(combined) or combined
+        seen.append(stripped)
+        yield Reading("the final '.suffix' dropped", stripped, folded=False)
     folded = ascii_fold(path)
     if folded != path:
+        seen.append(folded)
         yield Reading("letters read case-insensitively", folded, folded=True)
-    if combined != path:
-        combined_folded = ascii_fold(combined)
+    combined_folded = ascii_fold(combined)
+    if combined_folded != path and combined_folded not in seen:  # two or more readings combined into a new one
         yield Reading("read by a lax router", combined_folded, folded=combined_folded != combined)
 
 
