@@ -3,9 +3,10 @@
     PYTHONPATH=. python bench/routes_overhead.py [--n 20000] [--config examples/config.yaml]
 
 Run it once with this tree on ``PYTHONPATH`` and once with an older tree (``git archive OLD | tar -x -C /tmp/old``,
-then ``PYTHONPATH=/tmp/old``), both with the same ``--config``, and compare the CPU microseconds (process time, so other load on the machine counts less): the difference is the
-CPU the other readings (%2F, trailing slash, case, suffix, method override) and the header-name normalisation
-cost per Check. Nothing is asked of Gerrit; the decision is a fixed allow.
+then ``PYTHONPATH=/tmp/old``), both with the same ``--config``, and compare the CPU microseconds (process time, so
+other load on the machine counts less): the difference is what the other readings (%2F, trailing slash, case,
+suffix, method override) and the header-name normalisation cost per Check. Nothing is asked of Gerrit; the
+decision is a fixed allow.
 """
 
 from __future__ import annotations
