@@ -88,4 +88,5 @@ def override_methods(method: str, headers: Mapping[str, str], query: str) -> set
     if "_method" in query.lower():
         named.update(v.strip().upper() for k, v in parse_qsl(query, keep_blank_values=True) if k.lower() == "_method")
     named.discard(method)
+    named.discard("")  # an empty override is ignored by the frameworks that read one
     return named

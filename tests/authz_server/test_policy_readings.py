@@ -118,6 +118,9 @@ class TestMethodOverride:
         assert rule_for("GET", "/elsewhere", {"x-http-method-override": "POST"}) == "catch-all"
         assert rule_for("GET", "/artifacts/p/-/main/a", {"x-http-method-override": "get"}) == "read"
 
+    def test_an_empty_override_is_no_override(self) -> None:
+        assert rule_for("GET", "/artifacts/p/-/main/a", {"x-http-method-override": " "}) == "read"
+
     def test_a_rule_without_methods_governs_every_override(self) -> None:
         assert rule_for("GET", "/healthz?_method=POST") == "health"
 
