@@ -1,7 +1,8 @@
 """Decision → ``CheckResponse``: a pure function, exactly the contract's table.
 
 Allowed: identity headers are set with OVERWRITE_IF_EXISTS_OR_ADD; every other client-sent ``x-gerrit-*`` /
-``x-authz-*`` header goes to ``headers_to_remove`` (never one that is also set: Envoy may apply removals last).
+``x-authz-*`` header, in any case and with ``_`` for ``-``, and every unset name of the fixed identity set, goes to
+``headers_to_remove`` (never one that is also set: Envoy may apply removals last).
 Denied: a JSON body, ``www-authenticate`` on 401 (one challenge per configured credential kind, each its own
 header line, so browsers, curl and git find the one they can answer) and ``retry-after`` on 503.
 Undecided (503): the same denied answer, sent as ``error_response`` unless ``outages_as_errors`` is off (see
@@ -22,7 +23,7 @@ from google.rpc.status_pb2 import Status as RpcStatus
 
 from ._engine import Decision
 from ._input import CheckInput
-from .checkrequest import IDENTITY_HEADER_PREFIXES
+from .checkrequest import IDENTITY_HEADERS, is_identity_header
 from .errors import Unauthenticated, status_for
 
 __all__ = [
@@ -156,9 +157,7 @@ def to_check_response(
     if decision.allowed:
         status = status_for(None)
         headers = allowed_headers(decision)
-        remove = [
-            h for h in (inp.headers if inp else ()) if h.startswith(IDENTITY_HEADER_PREFIXES) and h not in headers
-        ]
+        remove = _headers_to_remove(inp, headers)
         account = decision.identity.account
         metadata = Struct()
         fields = metadata.fields  # set directly: Struct.update() type-dispatches every value (hot path)
@@ -184,6 +183,24 @@ def to_check_response(
     if outages_as_errors and status.http == 503:
         return CheckResponse(status=rpc_status, error_response=denied, dynamic_metadata=_deny_metadata(decision))
     return CheckResponse(status=rpc_status, denied_response=denied, dynamic_metadata=_deny_metadata(decision))
+
+
+def _headers_to_remove(inp: CheckInput | None, headers: Mapping[str, str]) -> list[str]:
+    """Every client-sent identity header in any spelling, and the fixed identity set, unless set by name.
+
+    A client's ``x_gerrit_account_id`` is another wire name than the ``x-gerrit-account-id`` set here, so it is
+    removed (a WSGI server would read both as ``HTTP_X_GERRIT_ACCOUNT_ID``). Names in ``inp.headers`` are
+    lower-cased already, as Envoy matches removals.
+    """
+    remove = [h for h in IDENTITY_HEADERS if h not in headers]
+    if inp is not None:
+        # Hot path: most names do not start with "x"; inp.headers names are lower-cased already.
+        remove.extend(
+            h
+            for h in inp.headers
+            if h[:1] == "x" and h not in headers and is_identity_header(h) and h not in IDENTITY_HEADERS
+        )
+    return remove
 
 
 def _deny_metadata(decision: Decision) -> Struct:

@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._app import build_components
 from ._deadline import Deadline
+from ._lint import lint_rules
 from ._servicer import run_check
 from .config import Config, load_config
 from .errors import ConfigError
@@ -80,6 +81,8 @@ def _not_checked(config: Config) -> list[str]:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.file)
+    for warning in lint_rules(config.rules):
+        print(f"warning: {warning}", file=sys.stderr)
     print(
         f"{args.file}: OK ({len(config.rules)} rules, {len(config.identity)} identity sources, "
         f"cache {config.cache.backend})"

@@ -258,7 +258,7 @@ Merged change: {org.change_merged.number}; open change: {org.change_open.number}
 
     def tour(self, org: DemoOrg) -> None:
         envoy = f"http://127.0.0.1:{PORTS['Envoy']}"
-        artifact = "/artifacts/platform%2Fbuild/-/main/out/app.tar"
+        artifact = "/artifacts/platform/build/-/main/out/app.tar"  # {project:path}: the project platform/build
         self.run("No credential needed for /healthz", f"curl -si {envoy}/healthz", 200)
         self.run(
             "bob reads an artifact: Gerrit's check.access says yes; the upstream sees who he is",
@@ -272,10 +272,15 @@ Merged change: {org.change_merged.number}; open change: {org.change_open.number}
             200,
             f'"x-gerrit-account-id":"{org.bob.account_id}"',
         )
+        self.run(
+            "... nor one spelled with underscores (WSGI would read it as HTTP_X_GERRIT_ACCOUNT_ID): Envoy refuses it",
+            f'curl -si -u "bob:$BOB_PASSWORD" -H "x_gerrit_account_id: 1" {envoy}{artifact}',
+            400,
+        )
         self.run("Anonymous: 401 with a challenge", f"curl -si {envoy}/dashboard", 401, "www-authenticate")
         self.run(
             "carol may not read platform/secret: 403 naming the rule and the permission",
-            f'curl -si -u "carol:$CAROL_PASSWORD" {envoy}/artifacts/platform%2Fsecret/-/main/out/app.tar',
+            f'curl -si -u "carol:$CAROL_PASSWORD" {envoy}/artifacts/platform/secret/-/main/out/app.tar',
             403,
             "requirement_failed",
         )
@@ -293,15 +298,15 @@ Merged change: {org.change_merged.number}; open change: {org.change_open.number}
         app = f"http://127.0.0.1:{PORTS['example app']}"
         self.run(
             "The FastAPI app without Envoy: the middleware asks the same service",
-            f'curl -si -u "bob:$BOB_PASSWORD" {app}/me',
+            f'curl -si -u "bob:$BOB_PASSWORD" {app}/dashboard/me',
             200,
             '"username":"bob"',
         )
-        self.run("... and refuses the same way", f"curl -si {app}/me", 401)
+        self.run("... and refuses the same way", f"curl -si {app}/dashboard/me", 401)
         explain = json.dumps(
             {
                 "method": "GET",
-                "path": "/artifacts/platform%2Fsecret/-/main/out/app.tar",
+                "path": "/artifacts/platform/secret/-/main/out/app.tar",
                 "headers": {"authorization": "Basic __CAROL__"},
             }
         )

@@ -112,7 +112,7 @@ class TestExample:
             "upload-artifacts",
             "admin-api",
             "deploy",
-            "signed-in",
+            "dashboard",
         ]
 
     def test_requirements(self, example: Config) -> None:
@@ -121,7 +121,9 @@ class TestExample:
         assert rules["read-artifacts"].require == Permission("{project}", "refs/heads/{branch}", "read")
         assert rules["upload-artifacts"].require == Permission("{project}", "refs/heads/{branch}", "push")
         assert rules["admin-api"].require == Any_((Group("Administrators"), Capability("administrateServer")))
-        assert rules["signed-in"].require == Authenticated()
+        assert rules["dashboard"].require == Authenticated()
+        assert rules["dashboard"].match.methods == ["GET", "HEAD"]
+        assert rules["dashboard"].match.path_prefix == "/dashboard"
 
     def test_deploy_requirement_tree(self, example: Config) -> None:
         deploy = next(r for r in example.rules if r.name == "deploy")
@@ -144,21 +146,39 @@ class TestExample:
                 "read-artifacts",
                 {"project": "platform/build", "branch": "main", "file": "out/app.tar"},
             ),
+            (
+                "GET",
+                "/artifacts/platform/build/-/main/out/app.tar",
+                "read-artifacts",
+                {"project": "platform/build", "branch": "main", "file": "out/app.tar"},
+            ),
+            (
+                "PUT",
+                "/artifacts/infra/deploy-tools/-/main/x",
+                "upload-artifacts",
+                {"project": "infra/deploy-tools", "branch": "main", "file": "x"},
+            ),
             ("HEAD", "/artifacts/p/-/main/a", "read-artifacts", {"project": "p", "branch": "main", "file": "a"}),
             ("PUT", "/artifacts/p/-/main/a", "upload-artifacts", {"project": "p", "branch": "main", "file": "a"}),
             ("POST", "/artifacts/p/-/main/a", "upload-artifacts", {"project": "p", "branch": "main", "file": "a"}),
-            ("DELETE", "/artifacts/p/-/main/a", "signed-in", {}),
+            ("DELETE", "/artifacts/p/-/main/a", None, {}),
             ("GET", "/admin/caches", "admin-api", {}),
-            ("GET", "/admin", "signed-in", {}),
+            ("GET", "/admin", None, {}),
             ("POST", "/deploy/12345", "deploy", {"change": "12345"}),
-            ("GET", "/deploy/12345", "signed-in", {}),
-            ("GET", "/anything/else", "signed-in", {}),
+            ("GET", "/deploy/12345", None, {}),
+            ("GET", "/dashboard", "dashboard", {}),
+            ("HEAD", "/dashboard/me", "dashboard", {}),
+            ("POST", "/dashboard/me", None, {}),
+            ("GET", "/anything/else", None, {}),  # no catch-all: a request that no rule names is refused
         ],
     )
     def test_first_match_wins(
-        self, example: Config, method: str, path: str, rule: str, captures: dict[str, str]
+        self, example: Config, method: str, path: str, rule: str | None, captures: dict[str, str]
     ) -> None:
         match = Policy.from_config(example.rules).match(make_input(method, path))
+        if rule is None:
+            assert match is None
+            return
         assert match is not None
         assert (match.rule.name, dict(match.captures)) == (rule, captures)
 

@@ -80,7 +80,8 @@ class TestAllowed:
         )
         response = to_check_response(allow(), inp)
         remove = list(response.ok_response.headers_to_remove)
-        assert sorted(remove) == ["x-authz-bar", "x-gerrit-foo"]
+        # x-authz-shadow: part of the fixed identity set, removed although the client did not send it.
+        assert sorted(remove) == ["x-authz-bar", "x-authz-shadow", "x-gerrit-foo"]
         assert not set(remove) & set(set_headers(response))
 
     def test_without_an_account_spoofed_identity_headers_are_removed(self) -> None:
@@ -88,7 +89,12 @@ class TestAllowed:
         inp = client_input({"x-gerrit-account-id": "1", "x-gerrit-email": "boss@example.com"})
         response = to_check_response(Decision("d", None, "health"), inp)
         assert set_headers(response) == {"x-authz-rule": "health", "x-authz-decision-id": "d"}
-        assert sorted(response.ok_response.headers_to_remove) == ["x-gerrit-account-id", "x-gerrit-email"]
+        assert sorted(response.ok_response.headers_to_remove) == [
+            "x-authz-shadow",
+            "x-gerrit-account-id",
+            "x-gerrit-email",
+            "x-gerrit-username",
+        ]
 
     def test_dynamic_metadata(self) -> None:
         response = to_check_response(allow(), client_input({}))

@@ -81,7 +81,7 @@ def test_the_command_serves_the_example_app_through_the_middleware(fake: FakeAut
         until = time.monotonic() + 30
         while True:
             try:
-                resp = httpx.get(f"http://127.0.0.1:{port}/me", timeout=5)
+                resp = httpx.get(f"http://127.0.0.1:{port}/dashboard/me", timeout=5)
                 break
             except httpx.TransportError:
                 if time.monotonic() > until or proc.poll() is not None:
