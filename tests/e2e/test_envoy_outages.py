@@ -91,7 +91,7 @@ async def test_gerrit_outage_reaches_envoy_as_an_error(outages: str, failure_mod
     assert outage.headers["retry-after"] == "7"
     assert outage.headers["content-type"] == "application/json"
     body = outage.json()
-    assert body["error"] == "gerrit_unavailable" and body["rule"] == "signed-in"
+    assert body["error"] == "gerrit_unavailable" and body["rule"] == "dashboard"
     assert "his-password" not in outage.text
     assert stat("failure_mode_allowed") == 0
     assert echo.requests == 0
