@@ -21,6 +21,8 @@ from _support.tls import TestCA
 from _support.tls_proxy import TlsForwarder
 from envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 
+from authz_server._response import http_response
+
 pytestmark = pytest.mark.gerrit
 
 AUDIENCE = "gerrit-authz-demo"
@@ -90,7 +92,8 @@ def outcome(resp: CheckResponse) -> tuple[int, str]:
     if resp.status.code == 0:
         headers = {h.header.key: h.header.value for h in resp.ok_response.headers}
         return 0, headers.get("x-gerrit-username", "")
-    return resp.denied_response.status.code, json.loads(resp.denied_response.body)["error"]
+    answer = http_response(resp)  # a 503 goes as error_response
+    return answer.status.code, json.loads(answer.body)["error"]
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from authz_server.config import TelemetryConfig
 
 pytestmark = [pytest.mark.gerrit, pytest.mark.envoy]
 
-ARTIFACT = "/artifacts/platform%2Fbuild/-/main/out/app.tar"
+ARTIFACT = "/artifacts/platform/build/-/main/out/app.tar"
 POLL_S = 20.0
 SERVER, CLIENT = 2, 3  # OTLP span kinds
 

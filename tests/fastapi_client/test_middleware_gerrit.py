@@ -77,7 +77,7 @@ async def test_asgi_allow_deny_and_spoofing(authz: AuthzServer, gerrit: Any) -> 
         assert anonymous.json()["error"] and anonymous.json()["rule"] == "dashboard"
 
         # Wrong Basic credentials: told to send Basic again (curl -u, git and browsers depend on it).
-        wrong = await client.get("/me", headers={"authorization": basic("bob", "not-his-password")})
+        wrong = await client.get("/dashboard/me", headers={"authorization": basic("bob", "not-his-password")})
         assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_credentials"
         assert wrong.headers.get_list("www-authenticate") == ['Basic realm="gerrit-authz"']
 
