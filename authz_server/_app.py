@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from ._cache import CachedGerrit, Generation
+from ._cache import CachedGerrit
 from ._engine import Authorizer
 from ._gerrit import GerritClient, make_http_client
 from ._identity import (
@@ -71,10 +71,9 @@ def build_components(
     http: httpx.AsyncClient | None = None,
     key: bytes | None = None,
     stats: RotationStats | None = None,
-    generation: Generation | None = None,
 ) -> Components:
-    """Everything a decision needs. ``transport`` and ``store`` are seams for tests; ``http``, ``store``, ``key``
-    ``stats`` and ``generation`` (with the store) are also how a reload keeps what it may keep."""
+    """Everything a decision needs. ``transport`` and ``store`` are seams for tests; ``http``, ``store`` (with
+    its generations), ``key`` and ``stats`` are also how a reload keeps what it may keep."""
     stats = stats or RotationStats()
     secret = service_secret(config, stats)
     key = key or credential_key(config)
@@ -96,8 +95,6 @@ def build_components(
         config.cache.ttl,
         stale_if_error=config.cache.stale_if_error,
         secret=key,
-        tree=client,
-        generation=generation,
     )
     sources: list[IdentitySource] = []
     for entry in config.identity:

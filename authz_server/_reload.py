@@ -107,17 +107,16 @@ class LiveRuntime:
                 max_entries=config.cache.max_entries,
             )
             if not same_gerrit and config.cache.backend == "redis":
-                await store.clear()  # answers about another Gerrit (or for another account) are not ours
+                await store.bump_all()  # answers about another Gerrit (or for another account) are not ours
         key = old.credential_key if old.config.cache.credential_key_file == config.cache.credential_key_file else None
         new = build_components(
             config,
             store=store,
             http=old.http if same_http else None,
             key=key,
+            # A kept store keeps its generations: an invalidation through the new cache also keeps the old one,
+            # still finishing its Checks, from storing or serving what it fetched before.
             stats=old.stats,
-            # One invalidation count per store: an invalidation through the new cache also keeps the old one,
-            # still finishing its Checks, from storing what it fetched before.
-            generation=old.cache.generation if keep_store else None,
         )
         self._current = new
         if not (same_http and keep_store):
