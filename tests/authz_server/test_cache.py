@@ -134,9 +134,7 @@ class Env:
         self.inner = FakeGerrit()
         self.store = MemoryStore()
         self.clock = Clock()
-        self.cache = CachedGerrit(
-            self.inner, self.store, ttl, stale_if_error=stale, secret=SECRET, clock=self.clock
-        )
+        self.cache = CachedGerrit(self.inner, self.store, ttl, stale_if_error=stale, secret=SECRET, clock=self.clock)
 
     def stored_keys(self) -> list[str]:
         return sorted(self.store.keys())

@@ -10,9 +10,9 @@ from _support.factories import make_input
 
 from authz_server._app import build_components
 from authz_server._deadline import Deadline
+from authz_server._generations import GROUPS, bucket
 from authz_server._opstats import ReloadStats
 from authz_server._reload import LiveRuntime, Reloader, needs_restart
-from authz_server._generations import GROUPS, bucket
 from authz_server._store import Entry, Store
 from authz_server.config import Config, parse_config
 
