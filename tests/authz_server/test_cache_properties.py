@@ -333,14 +333,26 @@ class Freshness(RuleBasedStateMachine):
                     f"before the invalidation {inv.targets} (t={inv.started}..{inv.returned}) it began after"
                 )
 
-    @initialize()
-    def start(self) -> None:
+    @initialize(
+        focus=st.lists(st.sampled_from(LOOKUPS), min_size=1, max_size=3, unique=True),
+        chosen=st.lists(st.sampled_from(ADMIN), min_size=1, max_size=3, unique=True),
+    )
+    def start(self, focus: list[Lookup], chosen: list[Target]) -> None:
+        # A few lookups and invalidations per run, so that one answer is looked up again across invalidations.
+        self.focus = focus
+        self.targets = chosen
         self.follower = EventFollower(self.events_config, self.replicas[0])
 
-    @rule(replica=st.integers(0, 1), lookup=st.sampled_from(LOOKUPS))
-    def check(self, replica: int, lookup: Lookup) -> None:
+    @rule(replica=st.integers(0, 1), data=st.data(), answer_now=st.booleans())
+    def check(self, replica: int, data: st.DataObject, answer_now: bool) -> None:
+        lookup = data.draw(st.sampled_from(self.focus))
+        held = len(self.world.pending)
         self.tasks.append(self.loop.create_task(self._check(replica, lookup)))
         self.settle()
+        if answer_now:  # else Gerrit answers later (gerrit_answers), after whatever happens meanwhile
+            for gate in self.world.pending[held:]:
+                gate.set_result(True)
+            self.settle()
 
     @rule(data=st.data(), ok=st.booleans())
     def gerrit_answers(self, data: st.DataObject, ok: bool) -> None:
@@ -359,8 +371,9 @@ class Freshness(RuleBasedStateMachine):
         self.done.append(Done(started, self.world.tick(), tuple(targets)))
         self.settle()
 
-    @rule(replica=st.integers(0, 1), what=st.sampled_from(ADMIN))
-    def admin_invalidate(self, replica: int, what: Target) -> None:
+    @rule(replica=st.integers(0, 1), data=st.data())
+    def admin_invalidate(self, replica: int, data: st.DataObject) -> None:
+        what = data.draw(st.sampled_from(self.targets))
         kwargs: dict[str, Any] = {"everything": True} if what.kind == "everything" else {what.kind: what.value}
         self._invalidate(replica, [what], lambda: self.replicas[replica].invalidate(**kwargs))
 
@@ -406,7 +419,7 @@ class Freshness(RuleBasedStateMachine):
 
 
 SETTINGS = settings(
-    max_examples=150,
+    max_examples=200,
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
