@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+import grpc
 import pytest
 import pytest_asyncio
 from _support.authz import basic, check_request, check_stub, make_config, running_server
 from _support.gerrit_events import EventsSetup, close_connections
 from _support.gerrit_provision import Rest
+from gerrit_authz.v1 import admin_pb2, admin_pb2_grpc
 
 from authz_server._server import AuthzServer
 
@@ -57,6 +59,11 @@ def rules(group: str) -> list[dict[str, Any]]:
             "name": "open",
             "match": {"path": "/open/{change}"},
             "require": {"change": {"id": "{change}", "status": "NEW"}},
+        },
+        {
+            "name": "submittable",
+            "match": {"path": "/submittable/{change}"},
+            "require": {"change": {"id": "{change}", "submittable": True}},
         },
     ]
 
@@ -257,3 +264,63 @@ async def test_rotated_key_is_read_at_the_next_attempt(
         key.write_bytes(gerrit_events.private_key_file.read_bytes())  # the operator rotates the secret in place
         await asyncio.wait_for(server.events.connected.wait(), POLL_S)
         assert any("restored" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 17: spellings, a project's changes, and a stream that falls behind
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def top_project(rest: Rest) -> str:
+    """A project without '/' (so ``NAME.git`` is one path segment)."""
+    name = f"fresh-{uuid.uuid4().hex[:8]}"
+    rest.put(f"projects/{name}", {"branches": ["main"], "create_empty_commit": True})
+    return name
+
+
+async def test_a_block_on_web_reaches_the_answer_fetched_as_web_git(app: AuthzServer, gerrit: Any, rest: Rest) -> None:
+    project = top_project(rest)
+    await asyncio.sleep(1.0)  # the project's creation events first
+    carol = gerrit.org.carol.auth
+    assert await status(app, f"/src/{project}.git/-/main", carol) == 200  # Gerrit answers web.git as web
+    since = time.monotonic()
+    block_reads(rest, project)  # its refs/meta/config event names "web", never "web.git"
+    await follows("BLOCK on web, seen on web.git", app, f"/src/{project}.git/-/main", carol, 403, since)
+
+
+async def test_a_submit_requirement_added_drops_the_cached_submittable_change(
+    app: AuthzServer, gerrit: Any, rest: Rest
+) -> None:
+    project = top_project(rest)
+    number = int(rest.post("changes/", {"project": project, "branch": "main", "subject": "sr"})["_number"])
+    rest.post(f"changes/{number}/revisions/current/review", {"labels": {"Code-Review": 2, "Verified": 1}})
+    path, carol = f"/submittable/{number}", gerrit.org.carol.auth
+    await follows("submittable (cache primed)", app, path, carol, 200, time.monotonic())
+    assert await status(app, path, carol) == 200
+    since = time.monotonic()
+    requirement = {"submittability_expression": "hashtag:never-set", "allow_override_in_child_projects": False}
+    rest.put(f"projects/{project}/submit_requirements/Never", requirement)  # a refs/meta/config change only
+    await follows("submit requirement added", app, path, carol, 403, since)
+
+
+async def test_invalidate_web_reaches_the_answer_fetched_as_web_git(
+    gerrit: Any, rest: Rest, password_file: Path, group: str
+) -> None:
+    # No event stream: only Invalidate can explain the change.
+    config = make_config(
+        gerrit.server.url,
+        password_file,
+        identity=[{"gerrit_http_credentials": {}}],
+        cache={"ttl": LONG},
+        rules=rules(group),
+    )
+    project = top_project(rest)
+    carol = gerrit.org.carol.auth
+    async with running_server(config) as server:
+        assert await status(server, f"/src/{project}.git/-/main", carol) == 200
+        block_reads(rest, project)
+        assert await status(server, f"/src/{project}.git/-/main", carol) == 200  # cached
+        async with grpc.aio.insecure_channel(server.admin_address) as channel:
+            await admin_pb2_grpc.AdminStub(channel).Invalidate(admin_pb2.InvalidateRequest(project=project), timeout=10)
+        assert await status(server, f"/src/{project}.git/-/main", carol) == 403
+        assert await status(server, f"/src/{project}/-/main", carol) == 403
