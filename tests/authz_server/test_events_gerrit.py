@@ -8,6 +8,7 @@ changes Gerrit under a cached answer and polls the decision, bounded at 10 s; th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -324,3 +325,52 @@ async def test_invalidate_web_reaches_the_answer_fetched_as_web_git(
             await admin_pb2_grpc.AdminStub(channel).Invalidate(admin_pb2.InvalidateRequest(project=project), timeout=10)
         assert await status(server, f"/src/{project}.git/-/main", carol) == 403
         assert await status(server, f"/src/{project}/-/main", carol) == 403
+
+
+async def explain_sources(app: AuthzServer, path: str, user: tuple[str, str]) -> list[str]:
+    async with grpc.aio.insecure_channel(app.admin_address) as channel:
+        request = admin_pb2.ExplainRequest(method="GET", path=path, headers={"authorization": basic(*user)})
+        decision = await admin_pb2_grpc.AdminStub(channel).Explain(request, timeout=10)
+    return [r.source for r in decision.requirements if r.kind == "permission"]
+
+
+async def test_a_reader_that_falls_behind_gets_dropped_output_and_it_drops_the_cache(
+    app: AuthzServer, gerrit: Any, gerrit_events: EventsSetup, rest: Rest
+) -> None:
+    # A second stream-events session of the bot whose reader is throttled: a 512-byte SSH window it never reads,
+    # so Gerrit's writer blocks, its per-session queue fills, and Gerrit drops events for it.
+    assert app.events is not None
+    async with asyncssh.connect(
+        "127.0.0.1",
+        gerrit_events.port,
+        username=gerrit.org.bot.username,
+        client_keys=[str(gerrit_events.private_key_file)],
+        known_hosts=str(gerrit_events.known_hosts_file),
+        agent_path=None,
+        config=[],
+    ) as conn:
+        slow = await conn.create_process("gerrit stream-events", stdin=asyncssh.DEVNULL, encoding=None, window=512)
+        await asyncio.sleep(1.0)
+        number = new_change(rest, gerrit)
+        for i in range(200):  # each vote is a comment-added and a ref-updated of the change's meta ref
+            rest.post(f"changes/{number}/revisions/current/review", {"labels": {"Code-Review": i % 2}})
+        lines: list[bytes] = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(20):
+                while line := await slow.stdout.readline():
+                    lines.append(line)
+                    if b'"dropped-output"' in line:
+                        break
+        slow.close()
+    dropped = [line for line in lines if b'"dropped-output"' in line]
+    assert dropped, f"Gerrit never dropped output for the throttled reader ({len(lines)} lines read)"
+    print(f"\nGerrit's marker after {len(lines)} lines: {dropped[0].decode().strip()}")
+
+    # The follower (Checks' cache) applies that very line: everything cached is dropped.
+    project = new_project(rest)
+    await asyncio.sleep(1.0)
+    path, carol = f"/src/{_q(project)}/-/main", gerrit.org.carol.auth
+    assert await explain_sources(app, path, carol) == ["gerrit"]
+    assert await explain_sources(app, path, carol) == ["cache"]
+    await app.events.handle_line(dropped[0])
+    assert await explain_sources(app, path, carol) == ["gerrit"]
