@@ -132,7 +132,7 @@ class MemoryStore:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def keys(self) -> list[str]:
+    def held(self) -> list[str]:
         """The keys held (for tests and benchmarks)."""
         return list(self._entries)
 

@@ -137,7 +137,7 @@ class Env:
         self.cache = CachedGerrit(self.inner, self.store, ttl, stale_if_error=stale, secret=SECRET, clock=self.clock)
 
     def stored_keys(self) -> list[str]:
-        return sorted(self.store.keys())
+        return sorted(self.store.held())
 
     async def close(self) -> None:
         await self.store.close()
