@@ -288,20 +288,19 @@ class CachedGerrit:
         )
 
     async def _account_scopes(self, account: str) -> set[str]:
-        """What invalidating ``account`` (an id, a username or an email) bumps: the name as given, and the
-        account Gerrit says carries it now (its cached answers may predate a rename); every account when Gerrit
-        cannot say."""
+        """What invalidating ``account`` (an id, a username or an email) bumps: the name as given, and the one
+        account Gerrit says carries it now (its cached answers may predate a rename). When Gerrit cannot name
+        exactly one (unreachable, no account, several, a name it folds in ways not checked here), every account:
+        an entry keyed by an id it cannot tell must not survive."""
         if account.isdigit():
             return {account_scope(account), name_scope(account)}
         scopes = {name_scope(account)}
         key = account_key("email" if "@" in account else "username", account)
-        if key is None:
-            return scopes  # no lookup could ever have been made under this name
         try:
-            found = await self._inner.account(key, Deadline.after(_RESOLVE_BUDGET))
+            found = None if key is None else (await self._inner.account(key, Deadline.after(_RESOLVE_BUDGET))).value
         except Unavailable:
-            return scopes | {EVERY_ACCOUNT}
-        return scopes | set(_account_scopes(found.value))
+            found = None
+        return scopes | (set(_account_scopes(found)) if found is not None else {EVERY_ACCOUNT})
 
     async def invalidate(
         self,
