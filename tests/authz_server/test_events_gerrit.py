@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -374,3 +375,39 @@ async def test_a_reader_that_falls_behind_gets_dropped_output_and_it_drops_the_c
     assert await explain_sources(app, path, carol) == ["cache"]
     await app.events.handle_line(dropped[0])
     assert await explain_sources(app, path, carol) == ["gerrit"]
+
+
+async def test_a_revoke_during_a_flood_of_votes_is_still_followed(app: AuthzServer, gerrit: Any, rest: Rest) -> None:
+    changes = [new_change(rest, gerrit) for _ in range(4)]
+    project = new_project(rest)
+    await asyncio.sleep(1.0)
+    path, carol = f"/src/{_q(project)}/-/main", gerrit.org.carol.auth
+    assert await status(app, path, carol) == 200
+    stop = threading.Event()
+    votes = [0]
+
+    def flood() -> None:  # one commenter voting as fast as Gerrit takes it, bounded in count and time
+        started = time.monotonic()
+        while not stop.is_set() and votes[0] < 400 and time.monotonic() - started < 30:
+            number = changes[votes[0] % len(changes)]
+            rest.post(f"changes/{number}/revisions/current/review", {"labels": {"Code-Review": votes[0] % 2}})
+            votes[0] += 1
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    try:
+        await asyncio.sleep(2.0)  # the stream is busy with votes
+        latencies = []
+        for _ in range(50):  # cached Checks keep being answered meanwhile
+            t0 = time.perf_counter()
+            assert await status(app, path, carol) == 200
+            latencies.append(time.perf_counter() - t0)
+        since = time.monotonic()
+        block_reads(rest, project)
+        await follows("BLOCK during a flood of votes", app, path, carol, 403, since)
+    finally:
+        stop.set()
+        await asyncio.to_thread(flooder.join, 30)
+    latencies.sort()
+    print(f"flood: {votes[0]} votes; cached Check p50 {latencies[25] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")
+    assert votes[0] > 20, "the flood did not happen"
