@@ -50,6 +50,7 @@ T = TypeVar("T")
 #: Every project inherits from it, and global capabilities live in its access rights.
 ROOT_PROJECT = "All-Projects"
 _RESOLVE_BUDGET = 5.0  # seconds to learn which account a name invalidation means
+_REFETCH = 3  # Gerrit requests for one lookup whose answers keep being overtaken by invalidations
 _MAX_KEY = 160  # longer keys are digested, so a key's size never grows with the request
 _MAX_TEXT = 300  # Gerrit's free-text messages (which may quote the request) are cut to this when cached
 _CHANGE_NUMBER = re.compile(r"(?:^|~)([1-9][0-9]{0,9})$")
@@ -142,7 +143,7 @@ class CachedGerrit:
 
     async def is_current(self, snapshot: Snapshot, scopes: tuple[str, ...]) -> bool:
         """Whether no scope in ``scopes`` was invalidated since ``snapshot`` was taken (False when unknown)."""
-        return await self._store.current(snapshot, tuple({bucket(s) for s in scopes}))
+        return await self._holds(snapshot, tuple({bucket(s) for s in scopes}))
 
     async def _cached(
         self,
@@ -161,11 +162,42 @@ class CachedGerrit:
         try:
             return await self._single_flight(kind, key, snapshot, requested, negative, fetch, deadline)
         except Unavailable as exc:
-            # An entry that is not current was invalidated: it never stands in, not even during an outage.
-            if exc.transient and entry is not None and current and now < entry.stale_until:
+            # An entry that is not current was invalidated: it never stands in, not even during an outage (asked
+            # again: an invalidation may have landed while Gerrit was being asked).
+            usable = exc.transient and entry is not None and current and now < entry.stale_until
+            if usable and entry is not None and await self._holds(entry.snapshot, entry.buckets):
                 value = self._decode(kind, entry.payload)
                 return Fact(value, "stale_cache", detail=exc.reason, scopes=scopes_of(kind, requested, value))
             raise
+
+    async def _holds(self, snapshot: Snapshot, buckets: tuple[int, ...]) -> bool:
+        try:
+            return await self._store.current(snapshot, buckets)
+        except Unavailable:
+            return False  # unknown is not current
+
+    async def _fetch(
+        self, kind: str, requested: tuple[str, ...], snapshot: Snapshot, fetch: Callable[[], Awaitable[Fact[T]]]
+    ) -> tuple[Fact[T], Snapshot | None, tuple[int, ...]]:
+        """Gerrit's answer, with the snapshot to store it under (None: do not store it) and its slots.
+
+        An answer that an invalidation overtook may predate the change invalidated, so it is never used: it is
+        asked again under the new generations, at most :data:`_REFETCH` times.
+        """
+        for _ in range(_REFETCH):
+            fact = await fetch()
+            scopes = scopes_of(kind, requested, fact.value)
+            buckets = tuple({bucket(s) for s in scopes})
+            fact = Fact(fact.value, fact.source, fact.detail, scopes)
+            if snapshot.epoch == "":
+                return fact, None, buckets  # the shared store was unreadable: no invalidation can be told apart
+            try:
+                if await self._store.current(snapshot, buckets):
+                    return fact, snapshot, buckets
+            except Unavailable:
+                return fact, None, buckets  # as above (and Invalidate itself fails while the store does)
+            snapshot = await self._store.snapshot()
+        raise Unavailable("gerrit_unavailable", "Gerrit's answer was invalidated while it was fetched", transient=True)
 
     async def _single_flight(
         self,
@@ -183,7 +215,7 @@ class CachedGerrit:
             future = asyncio.get_running_loop().create_future()
             self._inflight[flight] = future
             try:
-                fact = await fetch()
+                fact, stored_under, buckets = await self._fetch(kind, requested, snapshot, fetch)
             except BaseException as exc:
                 if isinstance(exc, Exception):
                     future.set_exception(exc)
@@ -193,18 +225,15 @@ class CachedGerrit:
                 raise
             finally:
                 del self._inflight[flight]
-            scopes = scopes_of(kind, requested, fact.value)
-            fact = Fact(fact.value, fact.source, fact.detail, scopes)
             future.set_result(fact)
             is_negative = negative(fact.value)
             ttl = self._ttl.negative if is_negative else getattr(self._ttl, kind)
-            if ttl > 0:
+            if ttl > 0 and stored_under is not None:
                 keep = ttl if is_negative else ttl + self._stale
                 value = _trimmed(fact.value)
                 payload = CODECS[kind][0](value) if self._encodes else value
                 now = self._clock()
-                buckets = tuple({bucket(s) for s in scopes})
-                await self._store.write(key, Entry(payload, now + ttl, now + keep, snapshot, buckets), keep)
+                await self._store.write(key, Entry(payload, now + ttl, now + keep, stored_under, buckets), keep)
             return fact
         try:
             return await asyncio.wait_for(asyncio.shield(future), max(deadline.remaining(), 0))

@@ -62,7 +62,8 @@ class Store(Protocol):
     async def snapshot(self) -> Snapshot: ...
 
     async def current(self, snapshot: Snapshot, buckets: Sequence[int]) -> bool:
-        """Whether none of ``buckets`` was bumped since ``snapshot`` was taken."""
+        """Whether none of ``buckets`` was bumped since ``snapshot`` was taken; :class:`Unavailable` when the
+        store cannot tell."""
         ...
 
     async def bump(self, buckets: Sequence[int]) -> None:
@@ -275,8 +276,7 @@ class RedisStore:
         try:
             reply = await self._call(lambda: self._current(keys=[self._gen_key], args=["", *buckets]))
         except Exception as exc:
-            log.warning("redis read failed: %s", type(exc).__name__)
-            return False
+            raise Unavailable("cache_unavailable", f"Redis cannot be read: {type(exc).__name__}") from None
         if not reply or reply[0] is None or reply[0].decode() != snapshot.epoch:
             return False
         return all(int(g) <= snapshot.clock for g in reply[1:])

@@ -1,5 +1,5 @@
-"""Freshness as a property: after an invalidation has returned, no lookup on any replica that starts afterwards is
-answered from a Gerrit answer fetched before the invalidation started.
+"""Freshness as a property: after an invalidation has returned, no lookup on any replica is answered from a Gerrit
+answer fetched before the invalidation started: neither one that starts afterwards nor one already in flight.
 
 A hypothesis state machine interleaves, at random: lookups of every kind under every spelling (``web.git`` and
 ``web``; a change as ``12`` or ``web~12``; an email in any case; an account by id, username or email) on two
@@ -324,13 +324,16 @@ class Freshness(RuleBasedStateMachine):
             fact = await run_lookup(self.replicas[replica], lookup)
         except Unavailable:
             return  # no answer is never an allow
+        finished = self.world.tick()
         serial = serial_of(lookup, fact.value)
         for inv in self.done:
-            covered = inv.returned < started and any(covers(t, lookup) for t in inv.targets)
+            # An invalidation that returned before this lookup did (whenever the lookup started).
+            covered = inv.returned < finished and any(covers(t, lookup) for t in inv.targets)
             if covered and self.world.started[serial] < inv.started:
                 self.violations.append(
                     f"replica {replica} {lookup} answered ({fact.source}) from request #{serial}, started "
-                    f"before the invalidation {inv.targets} (t={inv.started}..{inv.returned}) it began after"
+                    f"before the invalidation {inv.targets} (t={inv.started}..{inv.returned}) it returned after "
+                    f"(lookup t={started}..{finished})"
                 )
 
     @initialize(
