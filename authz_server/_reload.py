@@ -111,11 +111,11 @@ class LiveRuntime:
         key = old.credential_key if old.config.cache.credential_key_file == config.cache.credential_key_file else None
         new = build_components(
             config,
+            # A kept store keeps its generations: an invalidation through the new cache also keeps the old one,
+            # still finishing its Checks, from storing or serving what it fetched before.
             store=store,
             http=old.http if same_http else None,
             key=key,
-            # A kept store keeps its generations: an invalidation through the new cache also keeps the old one,
-            # still finishing its Checks, from storing or serving what it fetched before.
             stats=old.stats,
         )
         self._current = new

@@ -185,8 +185,9 @@ async def test_invalidate_on_one_replica_while_the_others_lookup_is_in_flight(
             await invalidate(admin_b, project=project)  # returned: from now on nobody uses the held answer
             proxy.open.set()
             first = await in_flight
-            assert first.allowed and sources(first) == ["gerrit"]  # its own Check, which started before
-            # Neither replica serves what A fetched before the invalidation, though A stored it in Redis.
+            # Not even the Check that asked uses the held answer: A asked Gerrit again under the new generations.
+            assert (first.allowed, first.http_status, sources(first)) == (False, 403, ["gerrit"])
+            # And neither replica serves the held answer later.
             for admin in (admin_b, admin_a):
                 after = await explain(admin, bob, path)
                 assert (after.allowed, after.http_status) == (False, 403), sources(after)
