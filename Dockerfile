@@ -2,10 +2,10 @@
 #
 # gerrit-authz container image.
 #
-#   docker build -t gerrit-authz:0.1.0 .
+#   docker build -t gerrit-authz:0.2.0 .
 #   docker run --rm -p 9001:9001 \
 #       -v "$PWD/config.yaml:/etc/gerrit-authz/config.yaml:ro" \
-#       -e GERRIT_AUTHZ_PASSWORD=... gerrit-authz:0.1.0
+#       -e GERRIT_AUTHZ_PASSWORD=... gerrit-authz:0.2.0
 #
 # The configuration is not baked in: mount it at /etc/gerrit-authz/config.yaml.
 # In a container, set `server.listen: "0.0.0.0:9001"` so the port is reachable from outside;

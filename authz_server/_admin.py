@@ -76,6 +76,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         *,
         check_timeout: float,
         retry_after: int,
+        outages_as_errors: bool = True,
         audit: AuditLog | None = None,
     ) -> None:
         self._authorizer = authorizer
@@ -83,6 +84,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         self._cache = cache
         self._check_timeout = check_timeout
         self._retry_after = retry_after
+        self._outages_as_errors = outages_as_errors
 
     async def Explain(
         self,
@@ -97,7 +99,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         deadline = Deadline.for_call(context.time_remaining(), self._check_timeout)
         decision, inp = await run_check(self._authorizer, check_request, deadline)
         self._audit(decision, inp, elapsed_ms=(time.perf_counter() - start) * 1000, via="explain")
-        response = to_check_response(decision, inp, retry_after=self._retry_after)
+        response = to_check_response(
+            decision, inp, retry_after=self._retry_after, outages_as_errors=self._outages_as_errors
+        )
         return explain_response(decision, response.SerializeToString(), self._retry_after)
 
     async def Invalidate(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -21,11 +23,17 @@ from ._identity import (
 from ._identity.jwt import JwtVerifier
 from ._opstats import RotationStats
 from ._policy import Policy
+from ._redis_conn import RedisConnection
+from ._response import challenge_schemes
 from ._secrets import EnvSecret, Secret, SecretFile, read_secret_file
 from ._store import Store, make_store
+from ._trust import ClientCertificateFiles, upstream_tls
 from .config import Config
 
-__all__ = ["Components", "build_components", "credential_key", "service_secret"]
+if TYPE_CHECKING:
+    from ._telemetry import Tracing
+
+__all__ = ["Components", "build_components", "credential_key", "gerrit_trust", "new_store", "service_secret"]
 
 
 @dataclass
@@ -37,10 +45,33 @@ class Components:
     http: httpx.AsyncClient
     credential_key: bytes = b""
     stats: RotationStats = field(default_factory=RotationStats)
+    tracing: Tracing | None = None  # built once per process (see _server.build_server), kept across reloads
+    # Clients of the IdPs that do not share Gerrit's trust (closed with these components, never shared).
+    idp_http: list[httpx.AsyncClient] = field(default_factory=list)
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        for client in self.idp_http:
+            await client.aclose()
         await self.store.close()
+
+
+def gerrit_trust(config: Config) -> tuple[object, ...]:
+    """What Gerrit's HTTP client depends on: a reload keeps the client only while this stays the same."""
+    g = config.gerrit
+    return (g.max_connections, g.verify_tls, g.ca_file, g.client_cert_file, g.client_key_file)
+
+
+def new_store(config: Config) -> Store:
+    """The configured cache store (Redis with its TLS trust and credentials)."""
+    cache = config.cache
+    return make_store(
+        cache.backend,
+        redis_url=cache.redis_url,
+        namespace=cache.namespace,
+        max_entries=cache.max_entries,
+        redis_connection=RedisConnection.from_config(cache) if cache.backend == "redis" else None,
+    )
 
 
 def service_secret(config: Config, stats: RotationStats | None = None) -> Secret:
@@ -71,24 +102,38 @@ def build_components(
     http: httpx.AsyncClient | None = None,
     key: bytes | None = None,
     stats: RotationStats | None = None,
+    tracing: Tracing | None = None,
 ) -> Components:
     """Everything a decision needs. ``transport`` and ``store`` are seams for tests; ``http``, ``store`` (with
-    its generations), ``key`` and ``stats`` are also how a reload keeps what it may keep."""
+    its generations), ``key`` and ``stats`` are also how a reload keeps what it may keep. With ``tracing``,
+    identity verification and every HTTP request to Gerrit or a JWKS are child spans of the Check."""
     stats = stats or RotationStats()
     secret = service_secret(config, stats)
     key = key or credential_key(config)
-    http = http or make_http_client(
-        max_connections=config.gerrit.max_connections, verify=config.gerrit.verify_tls, transport=transport
+    g = config.gerrit
+    verify = upstream_tls(
+        "gerrit",
+        verify=g.verify_tls,
+        ca_file=g.ca_file,
+        cert_file=g.client_cert_file,
+        key_file=g.client_key_file,
     )
+    if http is None:
+        watch = None
+        if isinstance(verify, ssl.SSLContext) and g.client_cert_file is not None and g.client_key_file is not None:
+            watch = ClientCertificateFiles(verify, g.client_cert_file, g.client_key_file, "gerrit")
+        http = make_http_client(
+            max_connections=g.max_connections,
+            verify=verify,
+            transport=transport,
+            before_request=watch.before_request if watch is not None else None,
+        )
+    if tracing is not None:
+        tracing.instrument(http)
     client = GerritClient(
         config.gerrit.url, config.gerrit.username, secret, http, timeout=config.gerrit.timeout, stats=stats
     )
-    store = store or make_store(
-        config.cache.backend,
-        redis_url=config.cache.redis_url,
-        namespace=config.cache.namespace,
-        max_entries=config.cache.max_entries,
-    )
+    store = store or new_store(config)
     cache = CachedGerrit(
         client,
         store,
@@ -97,19 +142,31 @@ def build_components(
         secret=key,
     )
     sources: list[IdentitySource] = []
-    for entry in config.identity:
+    idp_http: list[httpx.AsyncClient] = []
+    # An IdP shares Gerrit's client only while both use the default trust: it never inherits gerrit.ca_file,
+    # Gerrit's client certificate or verify_tls: false.
+    gerrit_default = verify is True
+    for i, entry in enumerate(config.identity):
         if entry.jwt is not None:
-            sources.append(JwtSource(entry.jwt, JwtVerifier(entry.jwt, http)))
+            idp = http
+            if entry.jwt.ca_file is not None or not gerrit_default:
+                idp_verify = upstream_tls(f"identity[{i}].jwt", ca_file=entry.jwt.ca_file)
+                idp = make_http_client(max_connections=10, verify=idp_verify, transport=transport)
+                idp_http.append(idp)
+            sources.append(JwtSource(entry.jwt, JwtVerifier(entry.jwt, idp)))
         elif entry.gerrit_http_credentials is not None:
             sources.append(BasicCredentialsSource(cache))
         elif entry.envoy_jwt_metadata is not None:
             sources.append(EnvoyJwtMetadataSource(entry.envoy_jwt_metadata))
         elif entry.mtls is not None:
             sources.append(MtlsSource(entry.mtls))
+    if tracing is not None:
+        sources = [tracing.traced_source(s) for s in sources]
     authorizer = Authorizer(
         Policy.from_config(config.rules),
         IdentityResolver(sources, cache),
         cache,
         shadow=config.server.mode == "shadow",
+        challenges=challenge_schemes(config.identity),
     )
-    return Components(config, authorizer, cache, store, http, key, stats)
+    return Components(config, authorizer, cache, store, http, key, stats, tracing, idp_http)

@@ -23,33 +23,36 @@ AUDIT_LOGGER = logging.getLogger("gerrit_authz.audit")
 _ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps would build one per call for these separators
 
 
-def audit_line(decision: Decision, inp: CheckInput | None, *, elapsed_ms: float, via: str) -> str:
+def audit_line(
+    decision: Decision, inp: CheckInput | None, *, elapsed_ms: float, via: str, trace: tuple[str, str] | None = None
+) -> str:
     identity = decision.identity
     principal = identity.principal
     account = identity.account
-    return _ENCODER.encode(
-        {
-            "decision_id": decision.decision_id,
-            "allowed": decision.allowed,
-            "http_status": status_for(decision.error).http,
-            "code": decision.error.code if decision.error else "",
-            "reason": decision.reason,
-            "rule": decision.rule,
-            "identity_source": principal.source if principal else "",
-            "subject": principal.subject if principal else "",
-            "account_id": account.id if account else None,
-            "username": account.username if account else "",
-            "method": inp.method if inp else "",
-            "host": inp.host if inp else "",
-            "path": inp.path if inp else "",
-            "source_address": inp.source_address if inp else "",
-            "request_id": inp.request_id if inp else "",
-            "elapsed_ms": round(elapsed_ms, 3),
-            "via": via,
-            # In shadow mode "allowed" is what the caller got; http_status and code are the real decision.
-            "shadow": decision.shadow,
-        }
-    )
+    line = {
+        "decision_id": decision.decision_id,
+        "allowed": decision.allowed,
+        "http_status": status_for(decision.error).http,
+        "code": decision.error.code if decision.error else "",
+        "reason": decision.reason,
+        "rule": decision.rule,
+        "identity_source": principal.source if principal else "",
+        "subject": principal.subject if principal else "",
+        "account_id": account.id if account else None,
+        "username": account.username if account else "",
+        "method": inp.method if inp else "",
+        "host": inp.host if inp else "",
+        "path": inp.path if inp else "",
+        "source_address": inp.source_address if inp else "",
+        "request_id": inp.request_id if inp else "",
+        "elapsed_ms": round(elapsed_ms, 3),
+        "via": via,
+        # In shadow mode "allowed" is what the caller got; http_status and code are the real decision.
+        "shadow": decision.shadow,
+    }
+    if trace is not None:  # with tracing on: the decision's OpenTelemetry trace and span
+        line["trace_id"], line["span_id"] = trace
+    return _ENCODER.encode(line)
 
 
 class AuditLog:
@@ -59,11 +62,19 @@ class AuditLog:
         self._write = write
         self.flush: Callable[[], object] = flush or (lambda: None)
 
-    def __call__(self, decision: Decision, inp: CheckInput | None, *, elapsed_ms: float, via: str = "check") -> None:
+    def __call__(
+        self,
+        decision: Decision,
+        inp: CheckInput | None,
+        *,
+        elapsed_ms: float,
+        via: str = "check",
+        trace: tuple[str, str] | None = None,
+    ) -> None:
         if self._write is not None:
-            self._write(audit_line(decision, inp, elapsed_ms=elapsed_ms, via=via) + "\n")
+            self._write(audit_line(decision, inp, elapsed_ms=elapsed_ms, via=via, trace=trace) + "\n")
         elif AUDIT_LOGGER.isEnabledFor(logging.INFO):
-            AUDIT_LOGGER.info(audit_line(decision, inp, elapsed_ms=elapsed_ms, via=via))
+            AUDIT_LOGGER.info(audit_line(decision, inp, elapsed_ms=elapsed_ms, via=via, trace=trace))
 
 
 def stderr_audit_log(stream: TextIO | None = None) -> AuditLog:

@@ -29,6 +29,7 @@ class Decision:
     """An allow (``error is None``) or a deny carrying the error that explains it.
 
     ``shadow``: decided in shadow mode. ``error`` is still the real decision, but the request is let through.
+    ``challenges``: the ``www-authenticate`` schemes a 401 offers (one per configured credential kind).
     """
 
     decision_id: str
@@ -37,6 +38,7 @@ class Decision:
     identity: Identity = ANONYMOUS
     trace: list[TraceEntry] = field(default_factory=list)
     shadow: bool = False
+    challenges: tuple[str, ...] = ("Bearer",)
 
     @property
     def allowed(self) -> bool:
@@ -68,13 +70,23 @@ class Authorizer:
     """Decides one request. Dependencies come in through the constructor; nothing here does I/O itself.
 
     ``shadow``: the whole policy runs in shadow mode (``server.mode: shadow``); a rule may also be shadowed alone.
+    ``challenges``: the schemes a 401 offers (``_response.challenge_schemes`` of the identity configuration).
     """
 
-    def __init__(self, policy: Policy, identity: IdentityResolver, facts: GerritFacts, *, shadow: bool = False) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        identity: IdentityResolver,
+        facts: GerritFacts,
+        *,
+        shadow: bool = False,
+        challenges: tuple[str, ...] = ("Bearer",),
+    ) -> None:
         self._policy = policy
         self._identity = identity
         self._facts = facts
         self._shadow = shadow
+        self._challenges = challenges
 
     async def decide(self, inp: CheckInput, deadline: Deadline, decision_id: str | None = None) -> Decision:
         decision_id = decision_id or new_decision_id()
@@ -86,6 +98,8 @@ class Authorizer:
             decision = await self._decide(inp, match, deadline, decision_id)
         except AuthzError as exc:
             decision = Decision(decision_id, exc)
+        if isinstance(decision.error, Unauthenticated) and decision.challenges != self._challenges:
+            decision = replace(decision, challenges=self._challenges)
         return _shadowed(decision, self._shadow or (match is not None and match.rule.shadow))
 
     async def _decide(self, inp: CheckInput, match: Match | None, deadline: Deadline, decision_id: str) -> Decision:

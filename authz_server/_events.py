@@ -25,10 +25,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-import asyncssh
-
 from ._event_map import DROPPED_OUTPUT, Invalidation, MalformedEvent, event_type, invalidations, parse_line
 from ._facts import Invalidator
+from ._ssh import asyncssh
 from .config import EventsConfig
 from .errors import ConfigError
 

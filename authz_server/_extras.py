@@ -1,6 +1,7 @@
 """Optional extras of the distribution: whether the one a configuration chooses is installed.
 
-``pip install gerrit-authz`` alone serves with the memory cache; the Redis backend needs ``gerrit-authz[redis]``.
+``pip install gerrit-authz`` alone serves with the memory cache; the Redis backend needs ``gerrit-authz[redis]``,
+OpenTelemetry tracing ``gerrit-authz[otel]``.
 Checking here, at configuration time, turns a missing extra into a config error (exit 2) instead of an
 ``ImportError`` at the first Check.
 """
@@ -13,9 +14,14 @@ from types import ModuleType
 
 from .errors import ConfigError
 
-__all__ = ["REDIS_HINT", "require_redis"]
+__all__ = ["OTEL_HINT", "REDIS_HINT", "require_otel", "require_redis"]
 
 REDIS_HINT = "backend redis needs the redis extra: pip install 'gerrit-authz[redis]'"
+
+OTEL_HINT = "tracing needs the otel extra: pip install 'gerrit-authz[otel]'"
+OTEL_HTTP_HINT = "OTLP over http/protobuf needs: pip install opentelemetry-exporter-otlp-proto-http"
+_OTEL_MODULES = ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.grpc.trace_exporter")
+_OTEL_HTTP_MODULE = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
 
 # aiocache exports its Redis backend only when the redis client imports, so both are needed.
 _REDIS_MODULES = ("redis.asyncio", "aiocache.backends.redis")
@@ -31,3 +37,19 @@ def require_redis(import_module: Callable[[str], ModuleType] = importlib.import_
             import_module(name)
         except ImportError:
             raise ConfigError([("cache.backend", REDIS_HINT)]) from None
+
+
+def require_otel(
+    key: str, *, http: bool = False, import_module: Callable[[str], ModuleType] = importlib.import_module
+) -> None:
+    """Raise :class:`ConfigError` at ``key`` unless tracing (and, with ``http``, OTLP over HTTP) can be imported."""
+    for name in _OTEL_MODULES:
+        try:
+            import_module(name)
+        except ImportError:
+            raise ConfigError([(key, OTEL_HINT)]) from None
+    if http:
+        try:
+            import_module(_OTEL_HTTP_MODULE)
+        except ImportError:
+            raise ConfigError([(key, OTEL_HTTP_HINT)]) from None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -50,10 +51,16 @@ class _Refused:
 
 
 def make_http_client(
-    *, max_connections: int = 100, verify: bool = True, transport: httpx.AsyncBaseTransport | None = None
+    *,
+    max_connections: int = 100,
+    verify: bool | ssl.SSLContext = True,
+    transport: httpx.AsyncBaseTransport | None = None,
+    before_request: Callable[[httpx.Request], Awaitable[None]] | None = None,
 ) -> httpx.AsyncClient:
-    """The shared client. Cookies are refused: a session cookie set for one caller must never ride along."""
+    """The shared client. Cookies are refused: a session cookie set for one caller must never ride along.
+    ``before_request`` runs before each request (a rotated client certificate is loaded there)."""
     return httpx.AsyncClient(
+        event_hooks={"request": [before_request]} if before_request is not None else None,
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         verify=verify,

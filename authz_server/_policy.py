@@ -5,6 +5,13 @@ segment. A path with ``%2F`` is therefore matched twice when it has to be: it is
 in a segment a capture of the chosen rule takes (``/artifacts/platform%2Fbuild/...``), or when the path with
 ``%2F`` read as ``/`` picks the same rule; otherwise the choice of rule would depend on the spelling, and the
 request is refused (400 ``ambiguous_path``). A rule whose methods include GET also governs HEAD.
+
+The same holds for the other readings of a request some router may route on (:mod:`authz_server._readings`: the
+trailing slash dropped, case folded, a ``.json`` suffix dropped, a method override): when one of them would be
+governed by a rule placed above the chosen one, the request is refused. A rule's ``context_extensions`` condition
+is taken as met for a reading when its path part does not govern the path as sent: Envoy chose its route on that
+spelling, so a reading it routed elsewhere (``POST /deploy%2F12`` missing a ``/deploy/`` route) says nothing about
+the extensions the other route would have sent.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ._input import CheckInput, canonical_path, slash_view
+from ._readings import ascii_fold, override_methods, readings
 from ._requirements import Requirement, needs_identity
 from ._templates import PathTemplate
 from .config import RuleConfig
@@ -42,15 +50,18 @@ class Rule:
     context: Mapping[str, str] | None = None
     needs_identity: bool = True
     shadow: bool = False  # `mode: shadow`: the rule's denies are audited and counted, not enforced
+    folded: PathTemplate | None = None  # the template with lower-cased literals, for case-insensitive readings
 
     @classmethod
     def from_config(cls, cfg: RuleConfig) -> Rule:
         m = cfg.match
+        template = PathTemplate.compile(m.path) if m.path is not None else None
         return cls(
             name=cfg.name,
             require=cfg.require,
             methods=_methods(m.methods),
-            template=PathTemplate.compile(m.path) if m.path is not None else None,
+            template=template,
+            folded=template.folded() if template is not None else None,
             # The path is matched decoded, so the prefix is too ("/src/%2B/" and "/src/+/" are one prefix).
             prefix=canonical_path(m.path_prefix) if m.path_prefix is not None else None,
             hosts=frozenset(h.lower() for h in m.hosts) if m.hosts else None,
@@ -80,6 +91,34 @@ class Rule:
         except UnicodeDecodeError:
             raise BadRequest("malformed_path", "a path segment is not valid UTF-8 once decoded") from None
 
+    def governs_reading(
+        self, inp: CheckInput, path: str, *, folded: bool, method: str | None = None, context_as_met: bool = True
+    ) -> bool:
+        """Whether this rule would govern ``path`` (another reading of ``inp``), its context condition taken as met
+        unless ``context_as_met`` is false.
+
+        A template that splits the reading in more than one way counts as governing it: refuse rather than guess.
+        """
+        if self.methods is not None and (method or inp.method) not in self.methods:
+            return False
+        if self.hosts is not None and inp.host not in self.hosts and _without_port(inp.host) not in self.hosts:
+            return False
+        if (
+            not context_as_met
+            and self.context is not None
+            and any(inp.context_extensions.get(k) != v for k, v in self.context.items())
+        ):
+            return False
+        if self.prefix is not None and not path.startswith(ascii_fold(self.prefix) if folded else self.prefix):
+            return False
+        template = (self.folded or self.template.folded()) if folded and self.template is not None else self.template
+        if template is None:
+            return True
+        try:
+            return template.match(path) is not None
+        except (BadRequest, UnicodeDecodeError):
+            return True
+
 
 @dataclass(frozen=True, slots=True)
 class Match:
@@ -106,7 +145,54 @@ class Policy:
         return None
 
     def match(self, inp: CheckInput) -> Match | None:
-        """The first rule for ``inp``; raises ``ambiguous_path`` when an encoded slash could change it."""
+        """The first rule for ``inp``; raises ``ambiguous_path`` when another reading of it could change it."""
+        found = self._slash_checked(inp)
+        if found is not None:
+            self._refuse_stricter_readings(inp, found)
+        return found
+
+    def _refuse_stricter_readings(self, inp: CheckInput, found: Match) -> None:
+        """Raise when a rule placed above ``found`` governs another reading of the request."""
+        for method in override_methods(inp.method, inp.headers, inp.query):
+            other = next(
+                (
+                    r
+                    for r in self.rules
+                    if r.governs_reading(inp, inp.path, folded=False, method=method, context_as_met=False)
+                ),
+                None,
+            )
+            if other is not found.rule:
+                raise BadRequest(
+                    "ambiguous_method",
+                    f"a method override names {method[:16]!r}, which is governed by "
+                    f"{repr(other.name) if other else 'no rule'}, not by {found.rule.name!r}",
+                )
+        above = self.rules[: self._order[id(found.rule)]]
+        if not above:
+            return
+        # A context rule whose path part governs the path as sent was judged on the route Envoy really chose: its
+        # extensions say no whatever the spelling. Only where the spelling decides the path part is the route (and
+        # so the extensions) in doubt. Computed only when there is another reading (most paths have none).
+        context_in_doubt: dict[int, bool] | None = None
+        for reading in readings(inp.path):
+            if context_in_doubt is None:
+                context_in_doubt = {
+                    id(rule): not rule.governs_reading(inp, inp.path, folded=False)
+                    for rule in above
+                    if rule.context is not None
+                }
+            for rule in above:
+                if rule.governs_reading(
+                    inp, reading.path, folded=reading.folded, context_as_met=context_in_doubt.get(id(rule), False)
+                ):
+                    raise BadRequest(
+                        "ambiguous_path",
+                        f"with {reading.why} the path is governed by rule {rule.name!r}, placed above the rule "
+                        f"{found.rule.name!r} that governs it as sent",
+                    )
+
+    def _slash_checked(self, inp: CheckInput) -> Match | None:
         found = self._first(inp, inp.path)
         if "%2F" not in inp.path:
             return found

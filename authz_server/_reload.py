@@ -16,12 +16,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ._app import Components, build_components
+from ._app import Components, build_components, gerrit_trust, new_store
+from ._caller_trust import caller_trust_errors
 from ._deadline import Deadline
 from ._engine import Decision
 from ._input import CheckInput
 from ._opstats import ReloadStats
-from ._store import make_store
 from .config import Config, load_config
 from .errors import ConfigError
 
@@ -37,9 +37,22 @@ _RESTART_KEYS = (
     "reflection",
     "check_timeout",
     "retry_after",
+    "outages",
     "shutdown_grace",
     "config_watch_interval",
+    "tls",
+    "admin_tls",
+    "caller_authentication",
 )
+# What the caller-trust rule reads: until a restart, the running listeners' settings, not the new file's.
+_LISTENER_KEYS = ("listen", "admin_listen", "tls", "admin_tls", "caller_authentication")
+
+
+def running_trust_errors(running: Config, new: Config) -> list[tuple[str, str]]:
+    """The caller-trust rule for ``new`` on the listeners that are actually running (built from ``running``):
+    a reload cannot enable ``mtls``/``envoy_jwt_metadata`` by claiming a loopback listener it does not have."""
+    server = new.server.model_copy(update={k: getattr(running.server, k) for k in _LISTENER_KEYS})
+    return caller_trust_errors(new.model_copy(update={"server": server}))
 
 
 def needs_restart(old: Config, new: Config) -> list[str]:
@@ -48,6 +61,8 @@ def needs_restart(old: Config, new: Config) -> list[str]:
     keys = [f"server.{k}" for k in _RESTART_KEYS if getattr(old.server, k) != getattr(new.server, k)]
     if old.gerrit.events != new.gerrit.events:
         keys.append("gerrit.events")
+    if old.telemetry != new.telemetry:
+        keys.append("telemetry")
     return keys
 
 
@@ -56,7 +71,8 @@ def _same_gerrit(old: Config, new: Config) -> bool:
 
 
 def _same_store(old: Config, new: Config) -> bool:
-    keep = ("backend", "redis_url", "namespace", "max_entries")
+    keep: tuple[str, ...] = ("backend", "redis_url", "namespace", "max_entries")
+    keep += ("redis_ca_file", "redis_username", "redis_password_file", "redis_password_env")
     return all(getattr(old.cache, k) == getattr(new.cache, k) for k in keep)
 
 
@@ -93,19 +109,11 @@ class LiveRuntime:
         """Build components for ``config``, keeping what may be kept, and swap them in."""
         old = self._current
         same_gerrit = _same_gerrit(old.config, config)
-        same_http = same_gerrit and (old.config.gerrit.max_connections, old.config.gerrit.verify_tls) == (
-            config.gerrit.max_connections,
-            config.gerrit.verify_tls,
-        )
+        same_http = same_gerrit and gerrit_trust(old.config) == gerrit_trust(config)
         keep_store = same_gerrit and _same_store(old.config, config)
         store = old.store if keep_store else None
         if store is None:
-            store = make_store(
-                config.cache.backend,
-                redis_url=config.cache.redis_url,
-                namespace=config.cache.namespace,
-                max_entries=config.cache.max_entries,
-            )
+            store = new_store(config)
             if not same_gerrit and config.cache.backend == "redis":
                 await store.bump_all()  # answers about another Gerrit (or for another account) are not ours
         key = old.credential_key if old.config.cache.credential_key_file == config.cache.credential_key_file else None
@@ -117,9 +125,10 @@ class LiveRuntime:
             http=old.http if same_http else None,
             key=key,
             stats=old.stats,
+            tracing=old.tracing,
         )
         self._current = new
-        if not (same_http and keep_store):
+        if not (same_http and keep_store) or old.idp_http:
             self._retire(old, close_http=not same_http, close_store=not keep_store)
         return new
 
@@ -130,6 +139,8 @@ class LiveRuntime:
             await asyncio.sleep(self._retire_after)
             if close_http:
                 await old.http.aclose()
+            for client in old.idp_http:  # never shared with the new components
+                await client.aclose()
             if close_store:
                 await old.store.close()
 
@@ -198,6 +209,8 @@ class Reloader:
                 # Parsing and validating takes tens of milliseconds (pure-Python YAML): off the event loop, so
                 # Checks keep being answered meanwhile.
                 config = await asyncio.to_thread(self._load, self._path)
+                if trust := running_trust_errors(self._started, config):
+                    raise ConfigError(trust)
                 await self._runtime.apply(config)
             except ConfigError as exc:
                 self._stats.failures += 1

@@ -1,15 +1,19 @@
 """Decision → ``CheckResponse``: a pure function, exactly the contract's table.
 
 Allowed: identity headers are set with OVERWRITE_IF_EXISTS_OR_ADD; every other client-sent ``x-gerrit-*`` /
-``x-authz-*`` header goes to ``headers_to_remove`` (never one that is also set: Envoy may apply removals last).
-Denied: a JSON body, ``www-authenticate`` on 401 and ``retry-after`` on 503.
+``x-authz-*`` header, in any case and with ``_`` for ``-``, and every unset name of the fixed identity set, goes to
+``headers_to_remove`` (never one that is also set: Envoy may apply removals last).
+Denied: a JSON body, ``www-authenticate`` on 401 (one challenge per configured credential kind, each its own
+header line, so browsers, curl and git find the one they can answer) and ``retry-after`` on 503.
+Undecided (503): the same denied answer, sent as ``error_response`` unless ``outages_as_errors`` is off (see
+:func:`http_response`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
 from envoy.service.auth.v3.external_auth_pb2 import CheckResponse, DeniedHttpResponse, OkHttpResponse
@@ -19,12 +23,44 @@ from google.rpc.status_pb2 import Status as RpcStatus
 
 from ._engine import Decision
 from ._input import CheckInput
-from .checkrequest import IDENTITY_HEADER_PREFIXES
+from .checkrequest import IDENTITY_HEADERS, is_identity_header
 from .errors import Unauthenticated, status_for
 
-__all__ = ["allowed_headers", "denied_body", "denied_headers", "to_check_response"]
+__all__ = [
+    "allowed_headers",
+    "challenge_schemes",
+    "denied_body",
+    "denied_header_lines",
+    "denied_headers",
+    "http_response",
+    "to_check_response",
+]
 
 _OVERWRITE = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
+_APPEND = HeaderValueOption.HeaderAppendAction.APPEND_IF_EXISTS_OR_ADD
+REALM = "gerrit-authz"
+
+
+class _IdentityEntry(Protocol):
+    """One ``identity:`` entry of the configuration (``config.IdentitySource``)."""
+
+    @property
+    def gerrit_http_credentials(self) -> object | None: ...
+    @property
+    def mtls(self) -> object | None: ...
+
+
+def challenge_schemes(identity: Iterable[_IdentityEntry]) -> tuple[str, ...]:
+    """The ``www-authenticate`` schemes a 401 offers, in the order of the configured sources.
+
+    ``gerrit_http_credentials`` is answered with Basic, the token sources (``jwt``, ``envoy_jwt_metadata``) with
+    Bearer; a client certificate cannot be asked for in HTTP, so ``mtls`` adds none. A configuration offering no
+    challengeable kind still answers Bearer (RFC 9110 wants a challenge on every 401).
+    """
+    schemes = [
+        "Basic" if entry.gerrit_http_credentials is not None else "Bearer" for entry in identity if entry.mtls is None
+    ]
+    return tuple(dict.fromkeys(schemes)) or ("Bearer",)
 
 
 def allowed_headers(decision: Decision) -> dict[str, str]:
@@ -55,22 +91,42 @@ def denied_body(decision: Decision) -> str:
     )
 
 
-def denied_headers(decision: Decision, *, realm: str = "gerrit-authz", retry_after: int = 5) -> dict[str, str]:
-    """Headers sent to the client with a denied response."""
+def denied_header_lines(decision: Decision, *, realm: str = REALM, retry_after: int = 5) -> list[tuple[str, str]]:
+    """Header lines sent to the client with a denied response; a 401 has one ``www-authenticate`` per scheme."""
     error = decision.error
-    headers = {"content-type": "application/json", "x-authz-decision-id": decision.decision_id}
+    lines = [("content-type", "application/json"), ("x-authz-decision-id", decision.decision_id)]
     if isinstance(error, Unauthenticated):
-        challenge = f'Bearer realm="{realm}"'
-        if error.code in ("invalid_token", "invalid_credentials"):
-            challenge += ', error="invalid_token"'
-        headers["www-authenticate"] = challenge
+        for scheme in decision.challenges:
+            challenge = f'{scheme} realm="{realm}"'
+            if scheme == "Bearer" and error.code == "invalid_token":  # RFC 6750 3.1: only about a bad token
+                challenge += ', error="invalid_token"'
+            lines.append(("www-authenticate", challenge))
     elif status_for(error).http == 503:
-        headers["retry-after"] = str(retry_after)
+        lines.append(("retry-after", str(retry_after)))
+    return lines
+
+
+def denied_headers(decision: Decision, *, realm: str = REALM, retry_after: int = 5) -> dict[str, str]:
+    """:func:`denied_header_lines` as a mapping; repeated headers joined with ``, `` (RFC 9110 5.3)."""
+    headers: dict[str, str] = {}
+    for key, value in denied_header_lines(decision, realm=realm, retry_after=retry_after):
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
     return headers
 
 
 def _options(headers: Mapping[str, str]) -> list[HeaderValueOption]:
     return [HeaderValueOption(header=HeaderValue(key=k, value=v), append_action=_OVERWRITE) for k, v in headers.items()]
+
+
+def _denied_options(lines: Sequence[tuple[str, str]]) -> list[HeaderValueOption]:
+    """The first line of a name replaces, the next ones append: Envoy sends each as its own header line."""
+    seen: set[str] = set()
+    options = []
+    for key, value in lines:
+        action = _APPEND if key in seen else _OVERWRITE
+        seen.add(key)
+        options.append(HeaderValueOption(header=HeaderValue(key=key, value=value), append_action=action))
+    return options
 
 
 def _add_options(field: Any, headers: Mapping[str, str]) -> None:
@@ -82,14 +138,26 @@ def _add_options(field: Any, headers: Mapping[str, str]) -> None:
         header.value = value
 
 
-def to_check_response(decision: Decision, inp: CheckInput | None, *, retry_after: int = 5) -> CheckResponse:
-    """The CheckResponse Envoy acts on."""
+def http_response(response: CheckResponse) -> DeniedHttpResponse:
+    """The HTTP answer of a refused CheckResponse, whether it went as ``denied_response`` or ``error_response``."""
+    return response.error_response if response.HasField("error_response") else response.denied_response
+
+
+def to_check_response(
+    decision: Decision, inp: CheckInput | None, *, retry_after: int = 5, outages_as_errors: bool = True
+) -> CheckResponse:
+    """The CheckResponse Envoy acts on.
+
+    An undecided answer (503) goes as ``error_response`` when ``outages_as_errors``: Envoy >= 1.37 then counts it
+    in ``ext_authz.error``, applies ``failure_mode_allow`` and sends our status, headers and body (measured with
+    1.40); older proxies ignore that field and answer a bare 403 (measured with 1.36), so ``server.outages: deny``
+    keeps the 503 in ``denied_response`` for them. The gRPC status stays UNAVAILABLE either way: an
+    ``error_response`` with status OK is an allow to Envoy.
+    """
     if decision.allowed:
         status = status_for(None)
         headers = allowed_headers(decision)
-        remove = [
-            h for h in (inp.headers if inp else ()) if h.startswith(IDENTITY_HEADER_PREFIXES) and h not in headers
-        ]
+        remove = _headers_to_remove(inp, headers)
         account = decision.identity.account
         metadata = Struct()
         fields = metadata.fields  # set directly: Struct.update() type-dispatches every value (hot path)
@@ -106,15 +174,33 @@ def to_check_response(decision: Decision, inp: CheckInput | None, *, retry_after
         return response
     assert decision.error is not None
     status = status_for(decision.error)
-    return CheckResponse(
-        status=RpcStatus(code=status.grpc.value[0], message=decision.error.code),
-        denied_response=DeniedHttpResponse(
-            status=HttpStatus(code=status.http),
-            headers=_options(denied_headers(decision, retry_after=retry_after)),
-            body=denied_body(decision),
-        ),
-        dynamic_metadata=_deny_metadata(decision),
+    denied = DeniedHttpResponse(
+        status=HttpStatus(code=status.http),
+        headers=_denied_options(denied_header_lines(decision, retry_after=retry_after)),
+        body=denied_body(decision),
     )
+    rpc_status = RpcStatus(code=status.grpc.value[0], message=decision.error.code)
+    if outages_as_errors and status.http == 503:
+        return CheckResponse(status=rpc_status, error_response=denied, dynamic_metadata=_deny_metadata(decision))
+    return CheckResponse(status=rpc_status, denied_response=denied, dynamic_metadata=_deny_metadata(decision))
+
+
+def _headers_to_remove(inp: CheckInput | None, headers: Mapping[str, str]) -> list[str]:
+    """Every client-sent identity header in any spelling, and the fixed identity set, unless set by name.
+
+    A client's ``x_gerrit_account_id`` is another wire name than the ``x-gerrit-account-id`` set here, so it is
+    removed (a WSGI server would read both as ``HTTP_X_GERRIT_ACCOUNT_ID``). Names in ``inp.headers`` are
+    lower-cased already, as Envoy matches removals.
+    """
+    remove = [h for h in IDENTITY_HEADERS if h not in headers]
+    if inp is not None:
+        # Hot path: most names do not start with "x"; inp.headers names are lower-cased already.
+        remove.extend(
+            h
+            for h in inp.headers
+            if h[:1] == "x" and h not in headers and is_identity_header(h) and h not in IDENTITY_HEADERS
+        )
+    return remove
 
 
 def _deny_metadata(decision: Decision) -> Struct:

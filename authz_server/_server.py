@@ -12,6 +12,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
@@ -23,14 +24,21 @@ from grpc_reflection.v1alpha import reflection
 from ._admin import AdminServicer
 from ._app import Components, build_components
 from ._audit import AuditLog, stderr_audit_log
+from ._caller_trust import plaintext_exposed
+from ._callers import AllowedCallers
 from ._events import EventFollower
 from ._metrics import Metrics, StreamMetrics
 from ._opstats import ReloadStats
 from ._reload import LiveRuntime, Reloader
 from ._servicer import AuthorizationServicer
-from .config import Config
+from ._telemetry_config import telemetry_settings
+from ._tls import CertificateFiles
+from .config import Config, TlsConfig
 
-__all__ = ["AuthzServer", "build_server", "serve", "tune_gc"]
+if TYPE_CHECKING:
+    from ._telemetry import Tracing
+
+__all__ = ["AuthzServer", "build_server", "make_tracing", "serve", "tune_gc", "warn_if_exposed"]
 
 log = logging.getLogger("gerrit_authz.server")
 AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
@@ -42,9 +50,9 @@ def _host(listen: str) -> str:
     return listen.rpartition(":")[0]
 
 
-def _bind(server: grpc.aio.Server, listen: str) -> str:
-    """Bind ``HOST:PORT`` (port 0 picks one); returns the bound address."""
-    port = server.add_insecure_port(listen)
+def _bind(server: grpc.aio.Server, listen: str, tls: CertificateFiles | None = None) -> str:
+    """Bind ``HOST:PORT`` (port 0 picks one), over TLS when ``tls`` is given; returns the bound address."""
+    port = server.add_insecure_port(listen) if tls is None else server.add_secure_port(listen, tls.credentials())
     if port == 0:
         raise OSError(f"cannot bind {listen}")
     return f"{_host(listen)}:{port}"
@@ -65,12 +73,15 @@ class AuthzServer:
     events: EventFollower | None = None
     runtime: LiveRuntime | None = None  # the swappable components; ``components`` is what it started with
     reloads: ReloadStats | None = None
+    tls: CertificateFiles | None = None  # the Check listener's certificate files (re-read when they change)
+    admin_tls: CertificateFiles | None = None
 
     async def start(self) -> None:
         cfg = self.components.config.server
-        self.address = _bind(self.server, cfg.listen)
+        self.address = _bind(self.server, cfg.listen, self.tls)
+        warn_if_exposed(self.components.config)
         if self.admin is not None and cfg.admin_listen is not None:
-            self.admin_address = _bind(self.admin, cfg.admin_listen)
+            self.admin_address = _bind(self.admin, cfg.admin_listen, self.admin_tls)
             await self.admin.start()
         if self.metrics is not None and cfg.metrics_listen is not None:
             self.metrics_address = f"{_host(cfg.metrics_listen)}:{self.metrics.serve(cfg.metrics_listen)}"
@@ -93,11 +104,26 @@ class AuthzServer:
         if self.metrics is not None:
             self.metrics.close()
         await (self.runtime or self.components).aclose()
+        if self.components.tracing is not None:
+            # Export what is still buffered; in a thread, as the export blocks (the collector may share this loop).
+            await asyncio.to_thread(self.components.tracing.shutdown)
+
+
+def warn_if_exposed(config: Config) -> bool:
+    """Log (and return True) when the Check listener is plaintext off loopback with no mesh vouching for callers."""
+    if not plaintext_exposed(config):
+        return False
+    log.warning(
+        "server.listen %s is plaintext and not loopback: any client that reaches it can call Check; "
+        "set server.tls (with client_ca_file) or server.caller_authentication: mesh",
+        config.server.listen,
+    )
+    return True
 
 
 def build_server(config: Config, components: Components | None = None, *, audit: AuditLog | None = None) -> AuthzServer:
     """Build (not start) the servers for ``config``. Audit lines go to ``audit`` (default: the audit logger)."""
-    components = components or build_components(config)
+    components = components or build_components(config, tracing=make_tracing(config))
     audit = audit or AuditLog()
     cfg = config.server
     # Old components are closed (when a reload cannot share them) after the longest a Check may take.
@@ -107,14 +133,19 @@ def build_server(config: Config, components: Components | None = None, *, audit:
     if metrics is not None:
         metrics.track_operations(components.stats, reloads)
     retry_after = max(1, round(cfg.retry_after))
-    server = grpc.aio.server(options=_OPTIONS)
+    # Certificates are read now: an unreadable or mismatched pair fails the start, naming its key.
+    tls = CertificateFiles(cfg.tls, "server.tls") if cfg.tls is not None else None
+    admin_tls = CertificateFiles(cfg.admin_tls, "server.admin_tls") if cfg.admin_tls is not None else None
+    server = grpc.aio.server(options=_OPTIONS, interceptors=_interceptors(cfg.tls))
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
         AuthorizationServicer(
             runtime,
             check_timeout=cfg.check_timeout,
             retry_after=retry_after,
+            outages_as_errors=cfg.outages == "error",
             audit=audit,
             metrics=metrics,
+            tracing=components.tracing,
         ),
         server,
     )
@@ -131,13 +162,14 @@ def build_server(config: Config, components: Components | None = None, *, audit:
         )
     admin = None
     if cfg.admin_listen is not None:
-        admin = grpc.aio.server(options=_OPTIONS)
+        admin = grpc.aio.server(options=_OPTIONS, interceptors=_interceptors(cfg.admin_tls))
         admin_pb2_grpc.add_AdminServicer_to_server(
             AdminServicer(
                 runtime,
                 runtime,
                 check_timeout=cfg.check_timeout,
                 retry_after=retry_after,
+                outages_as_errors=cfg.outages == "error",
                 audit=audit,
             ),
             admin,
@@ -149,7 +181,35 @@ def build_server(config: Config, components: Components | None = None, *, audit:
         observer = StreamMetrics(metrics.registry) if metrics is not None else None
         # Through the runtime: after a reload the events reach the cache that Checks use now.
         events = EventFollower(config.gerrit.events, runtime, observer=observer)
-    return AuthzServer(components, server, admin, health, metrics, runtime=runtime, reloads=reloads, events=events)
+    return AuthzServer(
+        components,
+        server,
+        admin,
+        health,
+        metrics,
+        runtime=runtime,
+        reloads=reloads,
+        events=events,
+        tls=tls,
+        admin_tls=admin_tls,
+    )
+
+
+def _interceptors(tls: TlsConfig | None) -> list[grpc.aio.ServerInterceptor]:
+    if tls is None or tls.allowed_callers is None:
+        return []
+    return [AllowedCallers(tls.allowed_callers)]
+
+
+def make_tracing(config: Config) -> Tracing | None:
+    """The process's tracer when ``telemetry:`` or the ``OTEL_*`` variables turn tracing on, else None (and then
+    nothing of OpenTelemetry is even imported)."""
+    settings = telemetry_settings(config.telemetry)
+    if settings is None:
+        return None
+    from ._telemetry import start_tracing
+
+    return start_tracing(settings)
 
 
 def tune_gc() -> None:

@@ -21,9 +21,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from ._generations import MemoryGenerations, Snapshot, new_epoch
+from ._redis_conn import RedisConnection, redis_cache_options
 from .errors import Unavailable
 
 __all__ = ["Entry", "MemoryStore", "RedisStore", "Store", "make_store"]
@@ -184,21 +184,15 @@ return out
 """
 
 
-def _redis_connection(url: str, namespace: str, op_timeout: float) -> Any:
+def _redis_connection(url: str, namespace: str, op_timeout: float, connection: RedisConnection | None) -> Any:
     """The aiocache Redis backend for ``url`` (its ``client`` is the redis-py connection pool we talk through)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        raise ValueError("redis_url must start with redis:// or rediss://")
     # Imported here, not at module level: aiocache has RedisCache only with the `redis` extra installed,
     # and the memory backend must work without it.
     from aiocache.backends.redis import RedisCache
 
     return RedisCache(
-        endpoint=parts.hostname or "127.0.0.1",
-        port=parts.port or 6379,
-        db=int(parts.path.lstrip("/") or 0),
-        password=parts.password,
-        ssl=parts.scheme == "rediss",
+        # Address, TLS and credentials: see _redis_conn.
+        **redis_cache_options(url, connection),
         namespace=namespace,
         timeout=op_timeout,
         create_connection_timeout=op_timeout,
@@ -224,8 +218,15 @@ class RedisStore:
 
     encodes = True
 
-    def __init__(self, url: str, namespace: str = "gerrit-authz:", *, op_timeout: float = 0.25) -> None:
-        self._backend = _redis_connection(url, namespace, op_timeout)
+    def __init__(
+        self,
+        url: str,
+        namespace: str = "gerrit-authz:",
+        *,
+        op_timeout: float = 0.25,
+        connection: RedisConnection | None = None,
+    ) -> None:
+        self._backend = _redis_connection(url, namespace, op_timeout, connection)
         self._client = self._backend.client
         self._timeout = op_timeout
         self._gen_key = self._backend.build_key("gen")
@@ -299,10 +300,15 @@ class RedisStore:
 
 
 def make_store(
-    backend: str, *, redis_url: str | None = None, namespace: str = "gerrit-authz:", max_entries: int = 100_000
+    backend: str,
+    *,
+    redis_url: str | None = None,
+    namespace: str = "gerrit-authz:",
+    max_entries: int = 100_000,
+    redis_connection: RedisConnection | None = None,
 ) -> Store:
     """The configured store."""
     if backend == "redis":
         assert redis_url is not None
-        return RedisStore(redis_url, namespace)
+        return RedisStore(redis_url, namespace, connection=redis_connection)
     return MemoryStore(max_entries)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from ._input import canonical_path
+from ._readings import ascii_fold
 from .errors import BadRequest
 
 __all__ = ["PathTemplate", "TemplateError", "fill"]
@@ -136,6 +137,12 @@ class PathTemplate:
         fixed = literals[: literals.index(None)] if None in literals else literals
         head = "/" + "/".join(str(part) for part in fixed) + ("/" if fixed and len(fixed) < len(segments) else "")
         return cls(source, tuple(names), tuple(runs), tuple(run_names), tuple(path_names), head)
+
+    def folded(self) -> PathTemplate:
+        """This template with its literals ASCII lower-cased: matches a lower-cased path where a case-insensitive
+        router (ASP.NET Core, IIS) would route it. Its captures are not the request's; only whether it matches is."""
+        runs = tuple(tuple(part if part is None else ascii_fold(part) for part in run) for run in self.runs)
+        return PathTemplate(self.source, self.names, runs, self.run_names, self.path_names, ascii_fold(self.head))
 
     def _place(self, segs: list[str]) -> list[int] | None:
         """Start index of every run (linear; raises ``ambiguous_path`` when the split is not unique)."""

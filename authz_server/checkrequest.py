@@ -12,11 +12,36 @@ from envoy.config.core.v3.address_pb2 import Address, SocketAddress
 from envoy.service.auth.v3.attribute_context_pb2 import AttributeContext
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 
-__all__ = ["IDENTITY_HEADER_PREFIXES", "build_check_request", "join_headers"]
+__all__ = [
+    "IDENTITY_HEADERS",
+    "IDENTITY_HEADER_PREFIXES",
+    "build_check_request",
+    "is_identity_header",
+    "join_headers",
+]
 
 #: Request headers only gerrit-authz may set on the way upstream: client-sent ones are overwritten or removed,
 #: by the Check's answer behind Envoy and by the FastAPI middleware without it.
 IDENTITY_HEADER_PREFIXES = ("x-gerrit-", "x-authz-")
+
+#: The headers gerrit-authz sets on an allowed request: always overwritten or removed, whether or not sent.
+IDENTITY_HEADERS = (
+    "x-gerrit-account-id",
+    "x-gerrit-username",
+    "x-gerrit-email",
+    "x-authz-rule",
+    "x-authz-decision-id",
+    "x-authz-shadow",
+)
+
+
+def is_identity_header(name: str) -> bool:
+    """Whether ``name`` (any case, ``_`` or ``-``) reads as an identity header to some upstream.
+
+    WSGI/CGI servers turn both ``x-gerrit-account-id`` and ``x_gerrit_account_id`` into
+    ``HTTP_X_GERRIT_ACCOUNT_ID``, and header names are case-insensitive everywhere.
+    """
+    return name.lower().replace("_", "-").startswith(IDENTITY_HEADER_PREFIXES)
 
 
 def join_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -46,7 +71,8 @@ def build_check_request(
 
     ``path`` includes the query string, as on the wire. ``headers`` must already be lower-cased and joined (see
     :func:`join_headers`); the HTTP/2-style pseudo-headers Envoy adds are added here. ``source_principal`` is
-    the verified client certificate's URI SAN or subject, as Envoy reports it (only pass one that was verified).
+    the verified client certificate's principal as Envoy reports it: URI SAN, else DNS SAN, else subject (only
+    pass one that was verified).
     """
     all_headers = {":method": method, ":path": path, ":authority": host, ":scheme": scheme, **(headers or {})}
     if request_id:

@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._app import build_components
 from ._deadline import Deadline
+from ._lint import lint_rules
 from ._servicer import run_check
 from .config import Config, load_config
 from .errors import ConfigError
@@ -51,16 +52,44 @@ def _load_runnable(path: str) -> Config:
     return config
 
 
+def _not_checked(config: Config) -> list[str]:
+    """What check-config leaves to ``serve``: secrets and files it does not read, services it does not contact."""
+    gerrit = config.gerrit
+    lines = []
+    try:
+        gerrit.password()
+        key, state = ("gerrit.password_env", "set") if gerrit.password_env else ("gerrit.password_file", "readable")
+        lines.append(f"{key}: {state}, but not tried against Gerrit")
+    except ConfigError as exc:  # the file is valid; the secret is the deployment's business
+        lines += [f"{key}: {reason}" for key, reason in exc.errors]
+    files = [("cache.credential_key_file", config.cache.credential_key_file)]
+    if gerrit.events is not None:
+        files += [
+            ("gerrit.events.private_key_file", gerrit.events.private_key_file),
+            ("gerrit.events.known_hosts_file", gerrit.events.known_hosts_file),
+        ]
+    lines += [f"{key}: {path} not read" for key, path in files if path is not None]
+    reach = [f"Gerrit at {gerrit.url}"]
+    reach += [f"the OIDC issuer {s.jwt.issuer}" for s in config.identity if s.jwt is not None]
+    if config.cache.backend == "redis":
+        reach.append("Redis (cache.redis_url)")
+    if gerrit.events is not None:
+        reach.append(f"Gerrit's event stream at {gerrit.events.ssh_url}")
+    lines.append("reachability of " + ", ".join(reach))
+    return lines
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.file)
-    try:
-        config.gerrit.password()
-    except ConfigError as exc:  # the file is valid; the secret is the deployment's business
-        print(f"note: {exc}", file=sys.stderr)
+    for warning in lint_rules(config.rules):
+        print(f"warning: {warning}", file=sys.stderr)
     print(
         f"{args.file}: OK ({len(config.rules)} rules, {len(config.identity)} identity sources, "
         f"cache {config.cache.backend})"
     )
+    print("not checked (serve and explain do, at start-up and on use):")
+    for line in _not_checked(config):
+        print(f"  {line}")
     return 0
 
 

@@ -9,15 +9,19 @@ from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from ._accounts import AccountField
-from ._extras import require_redis
+from ._caller_trust import caller_trust_errors
+from ._extras import require_otel, require_redis
+from ._redis_conn import check_redis_url
 from ._requirements import Requirement, RequirementError, parse_requirement, placeholders
+from ._telemetry_config import TelemetryConfig, telemetry_settings
 from ._templates import PathTemplate, TemplateError
 from .errors import ConfigError
 
 __all__ = [
+    "HTTP_METHODS",
     "CacheConfig",
     "Config",
     "EnvoyJwtMetadataConfig",
@@ -29,6 +33,8 @@ __all__ = [
     "MtlsConfig",
     "RuleConfig",
     "ServerConfig",
+    "TelemetryConfig",
+    "TlsConfig",
     "TtlConfig",
     "load_config",
     "parse_config",
@@ -81,9 +87,32 @@ def _address(value: str) -> str:
 Address = Annotated[str, BeforeValidator(lambda v: _address(str(v)))]
 
 
+class TlsConfig(_Model):
+    """TLS on a gRPC listener; files are re-read when they change (see :mod:`authz_server._tls`)."""
+
+    cert_file: Path
+    key_file: Path
+    # With it, client certificates are required and must chain to this CA (mTLS).
+    client_ca_file: Path | None = None
+    # The client-certificate SANs (URI or DNS, exact) allowed to call; others get an RPC error.
+    allowed_callers: list[str] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _callers_need_ca(self) -> TlsConfig:
+        if self.allowed_callers is not None and self.client_ca_file is None:
+            raise ValueError("allowed_callers needs client_ca_file (only a verified certificate names its caller)")
+        if self.allowed_callers is not None and any(not c or c != c.strip() for c in self.allowed_callers):
+            raise ValueError("allowed_callers: entries must be non-empty SANs without surrounding spaces")
+        return self
+
+
 class ServerConfig(_Model):
     listen: Address = "127.0.0.1:9001"
     admin_listen: Address | None = "127.0.0.1:9002"
+    tls: TlsConfig | None = None  # on ``listen`` (ext_authz, health and reflection)
+    admin_tls: TlsConfig | None = None  # on ``admin_listen``
+    # "mesh": a plaintext listener whose callers a service mesh (Istio, Linkerd) authenticates.
+    caller_authentication: Literal["mesh"] | None = None
     metrics_listen: Address | None = None  # Prometheus /metrics over HTTP; off unless set
     reflection: bool = True
     check_timeout: Duration = 1.0
@@ -91,6 +120,9 @@ class ServerConfig(_Model):
     retry_after: Duration = 5.0
     # shadow: every would-be deny (401/403) is allowed, audited and counted with the code it would have returned.
     mode: Literal["enforce", "shadow"] = "enforce"
+    # An undecided answer (503) as CheckResponse.error_response (Envoy >= 1.37 counts it as ext_authz.error and
+    # applies failure_mode_allow), or as a plain denied_response (deny: for proxies older than 1.37).
+    outages: Literal["error", "deny"] = "error"
     # How often the config file is checked for changes (0 turns polling off; SIGHUP still reloads).
     config_watch_interval: Duration = 2.0
 
@@ -139,12 +171,19 @@ class GerritConfig(_Model):
     timeout: Duration = 2.0
     max_connections: int = Field(default=100, ge=1)
     verify_tls: bool = True
+    ca_file: Path | None = None  # trust for Gerrit's certificate (default: the system's store)
+    client_cert_file: Path | None = None  # a client certificate presented to Gerrit (with client_key_file)
+    client_key_file: Path | None = None
     events: EventsConfig | None = None
 
     @model_validator(mode="after")
     def _one_secret(self) -> GerritConfig:
         if (self.password_env is None) == (self.password_file is None):
             raise ValueError("set exactly one of password_env or password_file")
+        if self.ca_file is not None and not self.verify_tls:
+            raise ValueError("ca_file is a trust to verify against: it cannot go with verify_tls: false")
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise ValueError("client_cert_file and client_key_file go together")
         if not self.url.startswith(("http://", "https://")):
             raise ValueError("url must start with http:// or https://")
         return self
@@ -183,6 +222,8 @@ class JwtConfig(_AccountMapping):
     jwks_min_refresh_interval: Duration = 10.0
     # Tokens whose exp - iat exceeds it are refused (iat then required): tokens stay short-lived.
     max_token_lifetime: Duration | None = Field(default=None, gt=0)
+    # Trust for the issuer's discovery document and JWKS (default: the system's store; never gerrit.ca_file).
+    ca_file: Path | None = None
 
 
 class GerritHttpCredentialsConfig(_Model):
@@ -196,7 +237,7 @@ class EnvoyJwtMetadataConfig(_AccountMapping):
 
 
 class MtlsConfig(_Model):
-    """A client certificate Envoy validated: ``attributes.source.principal`` (URI SAN, else subject)."""
+    """A client certificate Envoy validated: ``attributes.source.principal`` (URI SAN, else DNS SAN, else subject)."""
 
     match: str | None = None  # "spiffe://corp.example/ci/{account}"; without it the whole principal
     account_field: Literal["username", "email"] = "username"
@@ -247,17 +288,42 @@ class CacheConfig(_Model):
     # Key for the hashes credentials are cached under; replicas sharing Redis need the same one. Without it
     # each process picks a random key (credential entries are then private to that process).
     credential_key_file: Path | None = None
+    # Redis connection security: TLS trust for rediss://, and the credentials (never in redis_url).
+    redis_ca_file: Path | None = None
+    redis_username: str | None = Field(default=None, min_length=1)
+    redis_password_file: Path | None = None
+    redis_password_env: str | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _redis_url(self) -> CacheConfig:
         if self.backend == "redis" and not self.redis_url:
             raise ValueError("backend redis needs redis_url")
+        if self.redis_url is not None:
+            check_redis_url(self.redis_url, ca_file=self.redis_ca_file is not None)
+        if self.redis_password_file is not None and self.redis_password_env is not None:
+            raise ValueError("set at most one of redis_password_file or redis_password_env")
         return self
+
+
+#: The methods a rule may name: RFC 9110's, PATCH (RFC 5789) and WebDAV's (RFC 4918). A typo such as ``PSOT``
+#: would make a rule that never matches, so the request falls through to a later, maybe laxer, rule.
+HTTP_METHODS = frozenset(
+    {
+        *("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"),
+        *("PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK"),
+    }
+)
+
+
+def _method(value: str) -> str:
+    if value.upper() not in HTTP_METHODS:
+        raise ValueError(f"unknown HTTP method {value!r} (expected one of {', '.join(sorted(HTTP_METHODS))})")
+    return value
 
 
 class MatchConfig(_Model):
     # An empty list would silently mean "anything"; leave the key out for that.
-    methods: list[str] | None = Field(default=None, min_length=1)
+    methods: list[Annotated[str, AfterValidator(_method)]] | None = Field(default=None, min_length=1)
     path: str | None = None
     path_prefix: str | None = None
     hosts: list[str] | None = Field(default=None, min_length=1)
@@ -312,6 +378,7 @@ class Config(_Model):
     identity: list[IdentitySource] = Field(default_factory=list)
     cache: CacheConfig = CacheConfig()
     rules: list[RuleConfig] = Field(min_length=1)
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @model_validator(mode="after")
     def _unique_rules(self) -> Config:
@@ -360,6 +427,12 @@ def parse_config(data: Any) -> Config:
         raise ConfigError(errors) from None
     if config.cache.backend == "redis":
         require_redis()
+    tracing = telemetry_settings(config.telemetry)  # the OTEL_* variables count too
+    if tracing is not None:
+        where = "telemetry.traces_exporter" if config.telemetry.traces_exporter is not None else "OTEL_TRACES_EXPORTER"
+        require_otel(where, http=tracing.protocol == "http/protobuf" and "otlp" in tracing.exporters)
+    if trust_errors := caller_trust_errors(config):
+        raise ConfigError(trust_errors)
     return config
 
 

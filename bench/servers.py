@@ -113,12 +113,15 @@ async def serve_noop(port: int, *, full_response: bool = False) -> None:
 # -- (b)/(c) gerrit-authz ------------------------------------------------------------------------------------
 
 
-def bench_config(port: int, *, long_ttl: bool) -> Any:
-    """The example config, listening on ``port`` (no admin listener); with ``long_ttl`` entries outlive the run."""
+def bench_config(port: int, *, long_ttl: bool, tls: dict[str, Any] | None = None) -> Any:
+    """The example config, listening on ``port`` (no admin listener); with ``long_ttl`` entries outlive the run;
+    ``tls`` is the ``server.tls`` block (see tls_overhead.py)."""
     from authz_server.config import parse_config
 
     data = yaml.safe_load(EXAMPLE_CONFIG.read_text())
     data["server"].update({"listen": f"127.0.0.1:{port}", "admin_listen": None})
+    if tls is not None:
+        data["server"]["tls"] = tls
     if long_ttl:  # warm-cache runs: nothing may expire (and be refetched) in the middle of a measurement
         data["cache"]["ttl"] = {
             k: "1h" for k in ("account", "credentials", "groups", "capabilities", "access", "change")
@@ -188,7 +191,14 @@ async def fill_cache(cache: Any, store: Any, n: int) -> dict[str, Any]:
 
 
 async def serve_authz(
-    port: int, *, delay: float, fill: int, long_ttl: bool, audit: bool = True, profile: str | None = None
+    port: int,
+    *,
+    delay: float,
+    fill: int,
+    long_ttl: bool,
+    audit: bool = True,
+    profile: str | None = None,
+    tls: dict[str, Any] | None = None,
 ) -> None:
     from authz_server._app import build_components
     from authz_server._audit import AuditLog, stderr_audit_log
@@ -199,7 +209,7 @@ async def serve_authz(
     # As `gerrit-authz serve`: JSON audit lines to a buffered stderr (or, for diagnosis only, nowhere).
     audit_log = stderr_audit_log() if audit else AuditLog(lambda line: None)
     key, jwk = _signing_key()
-    config = bench_config(port, long_ttl=long_ttl)
+    config = bench_config(port, long_ttl=long_ttl, tls=tls)
     double = gerrit_double.GerritDouble(delay=0.0, jwk=jwk)
     components = build_components(config, transport=double.transport())
     app = build_server(config, components, audit=audit_log)
@@ -256,6 +266,7 @@ def main() -> None:
     authz.add_argument("--long-ttl", action="store_true", help="1h TTLs so a warm cache stays warm")
     authz.add_argument("--no-audit", action="store_true", help="diagnosis only: no audit lines")
     authz.add_argument("--profile", metavar="FILE", help="cProfile from SIGUSR1 until SIGTERM, written to FILE")
+    authz.add_argument("--tls", metavar="JSON", help="server.tls block as JSON (TLS listener)")
     args = parser.parse_args()
     if args.cmd == "serve-noop":
         asyncio.run(serve_noop(args.port, full_response=args.full_response))
@@ -268,6 +279,7 @@ def main() -> None:
                 long_ttl=args.long_ttl,
                 audit=not args.no_audit,
                 profile=args.profile,
+                tls=json.loads(args.tls) if args.tls else None,
             )
         )
 

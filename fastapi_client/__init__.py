@@ -19,6 +19,7 @@ from __future__ import annotations
 from ._identity import AuthzIdentity, AuthzUser
 from ._middleware import AuthzMiddleware
 from ._openapi import install_openapi_security
+from ._service_tls import ServiceTls
 from .dependencies import CurrentIdentity, OptionalIdentity, current_identity, optional_identity
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "AuthzUser",
     "CurrentIdentity",
     "OptionalIdentity",
+    "ServiceTls",
     "current_identity",
     "install_openapi_security",
     "optional_identity",

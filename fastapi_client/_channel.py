@@ -8,6 +8,7 @@ middleware instance from several loops, so channels are keyed by the running loo
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import weakref
 from collections.abc import Sequence
@@ -17,7 +18,11 @@ import grpc
 import grpc.aio
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
+from ._service_tls import ServiceTls
+
 __all__ = ["CHECK_METHOD", "DEFAULT_CHANNEL_OPTIONS", "ChannelPool"]
+
+log = logging.getLogger("fastapi_client.authz")
 
 CHECK_METHOD = "/envoy.service.auth.v3.Authorization/Check"
 
@@ -36,13 +41,22 @@ CheckCall = grpc.aio.UnaryUnaryMultiCallable[CheckRequest, CheckResponse]
 
 
 class _Entry:
-    __slots__ = ("call", "channel", "loop")
+    __slots__ = ("call", "channel", "loop", "next_look", "stamp")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, channel: grpc.aio.Channel, call: CheckCall) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        channel: grpc.aio.Channel,
+        call: CheckCall,
+        stamp: tuple[object, ...] = (),
+        next_look: float = float("inf"),
+    ) -> None:
         # A weak reference: a finished loop (a test's) must not be kept alive by its channel entry.
         self.loop = weakref.ref(loop)
         self.channel = channel
         self.call = call
+        self.stamp = stamp  # the TLS files' identities the channel's credentials were read from
+        self.next_look = next_look  # loop time at which to look at them again
 
 
 class ChannelPool:
@@ -54,10 +68,18 @@ class ChannelPool:
         *,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS,
+        tls: ServiceTls | None = None,
+        close_grace: float = 5.0,
     ) -> None:
+        if tls is not None and credentials is not None:
+            raise ValueError("pass either tls or credentials, not both")
         self.target = target
         self._credentials = credentials
-        self._options = list(options)
+        self._tls = tls
+        self._close_grace = close_grace
+        self._closing: set[asyncio.Task[None]] = set()
+        self.rotations = 0
+        self._options = list(options) + (tls.channel_options() if tls is not None else [])
         self._entries: dict[int, _Entry] = {}
         # Channels are created on the loop's own thread, but several threads may each run a loop.
         self._lock = threading.Lock()
@@ -70,8 +92,28 @@ class ChannelPool:
         loop = asyncio.get_running_loop()
         entry = self._entries.get(id(loop))
         if entry is not None and entry.loop() is loop:
+            if self._tls is not None and loop.time() >= entry.next_look:
+                return self._look_at_files(loop, entry)
             return entry.call
         return self._create(loop)
+
+    def _look_at_files(self, loop: asyncio.AbstractEventLoop, entry: _Entry) -> CheckCall:
+        """Rotation: a new channel when the TLS files changed and read well; the old one drains, then closes."""
+        assert self._tls is not None
+        entry.next_look = loop.time() + self._tls.check_interval
+        if self._tls.stamp() == entry.stamp:
+            return entry.call
+        try:
+            call = self._create(loop)
+        except (OSError, ValueError) as exc:
+            # Mid-rotation (a file missing, the key not matching yet): keep the working channel, look again later.
+            log.warning("TLS files for %s not usable yet (%s); keeping the current channel", self.target, exc)
+            return entry.call
+        self.rotations += 1
+        task = loop.create_task(entry.channel.close(grace=self._close_grace))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        return call
 
     def channel(self) -> grpc.aio.Channel | None:
         """The running loop's channel, if one was created."""
@@ -82,7 +124,14 @@ class ChannelPool:
     def _create(self, loop: asyncio.AbstractEventLoop) -> CheckCall:
         with self._lock:
             self._prune()
-            if self._credentials is None:
+            stamp: tuple[object, ...] = ()
+            next_look = float("inf")
+            if self._tls is not None:
+                stamp = self._tls.stamp()  # before reading: a change made meanwhile is seen next time
+                credentials = self._tls.credentials()
+                next_look = loop.time() + self._tls.check_interval
+                channel = grpc.aio.secure_channel(self.target, credentials, options=self._options)
+            elif self._credentials is None:
                 channel = grpc.aio.insecure_channel(self.target, options=self._options)
             else:
                 channel = grpc.aio.secure_channel(self.target, self._credentials, options=self._options)
@@ -94,7 +143,7 @@ class ChannelPool:
                 # instead of being looked up on every call (measurably cheaper per Check).
                 _registered_method=True,  # type: ignore[call-arg]
             )
-            self._entries[id(loop)] = _Entry(loop, channel, call)
+            self._entries[id(loop)] = _Entry(loop, channel, call, stamp, next_look)
             return call
 
     def _prune(self) -> None:

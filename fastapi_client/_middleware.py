@@ -25,6 +25,8 @@ from ._request import (
     strip_protected,
 )
 from ._responses import send_denied, send_unavailable
+from ._service_tls import ServiceTls
+from ._tracecontext import trace_metadata
 
 __all__ = ["AuthzMiddleware"]
 
@@ -42,8 +44,9 @@ class AuthzMiddleware:
     Args:
         target: the gerrit-authz ext_authz gRPC address (``host:port`` or any gRPC target URI).
         timeout: seconds one Check may take; past it the request fails closed (503) or, with ``fail_open``, passes.
-        fail_open: when the service is unreachable, times out or errs, let the request through with an
-            unauthenticated ``request.state.authz`` (and a WARNING log line) instead of answering 503.
+        fail_open: when the service is unreachable, times out or errs, or answers that it could not decide
+            (``error_response``: Gerrit unreachable), let the request through with an unauthenticated
+            ``request.state.authz`` (and a WARNING log line) instead of answering 503.
             Spoofable ``x-gerrit-*``/``x-authz-*`` headers are stripped either way.
         exclude_paths: paths (exact match on the decoded path) that are not checked, e.g. ``("/healthz",)``.
         exclude_prefixes: path prefixes that are not checked, e.g. ``("/static/",)``. Paths with ``.``/``..``
@@ -52,6 +55,8 @@ class AuthzMiddleware:
             unchecked (browsers send preflights without credentials).
         context_extensions: ``attributes.context_extensions`` for every Check, as Envoy's per-route setting.
         credentials: gRPC channel credentials for a TLS target (default: plaintext, for a loopback sidecar).
+        tls: :class:`ServiceTls` (CA, client certificate) for a TLS target, its files re-read when they change;
+            instead of ``credentials``.
         channel_options: gRPC channel options (default: a short reconnect backoff).
         retry_after: the ``retry-after`` seconds of the 503 sent when the service is unavailable.
 
@@ -74,6 +79,7 @@ class AuthzMiddleware:
         credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS,
         retry_after: int = 5,
+        tls: ServiceTls | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -86,7 +92,7 @@ class AuthzMiddleware:
         self.allow_cors_preflight = allow_cors_preflight
         self.context_extensions = dict(context_extensions or {})
         self.retry_after = retry_after
-        self.channels = ChannelPool(target, credentials=credentials, options=channel_options)
+        self.channels = ChannelPool(target, credentials=credentials, options=channel_options, tls=tls)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -114,7 +120,7 @@ class AuthzMiddleware:
     async def _authorize(self, scope: Scope, receive: Receive, send: Send) -> None:
         request, request_id, generated_id = check_request_from_scope(scope, self.context_extensions)
         try:
-            response = await self.channels.check()(request, timeout=self.timeout)
+            response = await self.channels.check()(request, timeout=self.timeout, metadata=trace_metadata())
         except grpc.aio.AioRpcError as exc:
             await self._unavailable(scope, receive, send, request_id, f"{exc.code().name}: {exc.details()}")
             return
@@ -123,7 +129,11 @@ class AuthzMiddleware:
             await self._unavailable(scope, receive, send, request_id, type(exc).__name__)
             return
         if response.status.code != _OK:
-            await send_denied(scope, send, response)
+            if response.HasField("error_response") and self.fail_open:
+                # The service could not decide (e.g. Gerrit down): an error, as Envoy's failure_mode_allow reads it.
+                await self._unavailable(scope, receive, send, request_id, f"undecided: {response.status.message}")
+                return
+            await send_denied(scope, send, response)  # a deny, or an undecided 503 exactly as the service shaped it
             return
         # Client-sent identity headers are never trusted, whatever the service's answer lists for removal.
         headers = strip_protected(scope.get("headers", ()))

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from starlette.types import Scope
 
-from authz_server.checkrequest import IDENTITY_HEADER_PREFIXES, build_check_request, join_headers
+from authz_server.checkrequest import IDENTITY_HEADER_PREFIXES, build_check_request, is_identity_header, join_headers
 
 from ._tls import client_cert_principal
 
@@ -115,8 +115,9 @@ def check_request_from_scope(
 
 
 def strip_protected(headers: Iterable[tuple[bytes, bytes]]) -> RawHeaders:
-    """Drop every ``x-gerrit-*`` / ``x-authz-*`` header: only the service's answer may supply them."""
-    return [(k, v) for k, v in headers if not k.lower().startswith(PROTECTED_PREFIXES)]
+    """Drop every ``x-gerrit-*`` / ``x-authz-*`` header, in any case and with ``_`` for ``-`` (WSGI servers read
+    ``x_gerrit_account_id`` as ``HTTP_X_GERRIT_ACCOUNT_ID``): only the service's answer may supply them."""
+    return [(k, v) for k, v in headers if not is_identity_header(k.decode("latin-1"))]
 
 
 def apply_header_options(headers: RawHeaders, options: Sequence[Any], remove: Iterable[str] = ()) -> RawHeaders:

@@ -40,8 +40,9 @@ async def _send_response(
 
 
 async def send_denied(scope: Scope, send: Send, response: CheckResponse) -> None:
-    """Send ``denied_response`` as is: e.g. a 401 keeps its ``www-authenticate`` challenge."""
-    denied = response.denied_response
+    """Send ``denied_response`` (or ``error_response``, an undecided 503) as is: e.g. a 401 keeps its
+    ``www-authenticate`` challenge, a 503 its ``retry-after``."""
+    denied = response.error_response if response.HasField("error_response") else response.denied_response
     status = int(denied.status.code) or _DEFAULT_DENIED
     headers = []
     for option in denied.headers:

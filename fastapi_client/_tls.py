@@ -18,17 +18,22 @@ __all__ = ["client_cert_principal"]
 
 
 def _principal(cert: x509.Certificate) -> str:
-    # Envoy's source.principal: the first URI SAN, else the subject (RFC 2253 order).
+    # Envoy's source.principal (ext_authz's getPrincipal): the first URI SAN, else the first DNS SAN, else the
+    # subject (RFC 2253 order). Reading it another way would let one certificate be two identities.
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     except x509.ExtensionNotFound:
-        uris = []
-    return uris[0] if uris else cert.subject.rfc4514_string()
+        return cert.subject.rfc4514_string()
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    if uris:
+        return uris[0]
+    names = san.get_values_for_type(x509.DNSName)
+    return names[0] if names else cert.subject.rfc4514_string()
 
 
 def client_cert_principal(scope: Mapping[str, Any]) -> str:
-    """The verified client certificate's URI SAN or subject, or ``""`` when the server exposes none."""
+    """The verified client certificate's principal as Envoy reports it (URI SAN, else DNS SAN, else subject),
+    or ``""`` when the server exposes none."""
     tls = (scope.get("extensions") or {}).get("tls")
     if not isinstance(tls, Mapping) or tls.get("client_cert_error") is not None:
         return ""

@@ -137,6 +137,7 @@ class _Servicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[m
     async def Check(self, request: CheckRequest, context: grpc.aio.ServicerContext[Any, Any]) -> CheckResponse:
         fake = self._fake
         fake.requests.append(request)
+        fake.metadata.append({k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)})
         if fake.delay > 0:
             await asyncio.sleep(fake.delay)
         if fake._failure is not None:
@@ -160,6 +161,8 @@ class FakeAuthorizer:
         self.port = 0
         #: Every CheckRequest received, in order.
         self.requests: list[CheckRequest] = []
+        #: The gRPC metadata of each Check (e.g. the ``traceparent`` the middleware propagates), in order.
+        self.metadata: list[dict[str, str]] = []
         #: Seconds to wait before answering each Check.
         self.delay = 0.0
         self._handler: Handler = _unscripted
@@ -226,6 +229,7 @@ class FakeAuthorizer:
     def clear(self) -> None:
         """Forget the recorded requests."""
         self.requests.clear()
+        self.metadata.clear()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 

@@ -3,8 +3,9 @@
     uvicorn.run(app, ssl_certfile=..., ssl_keyfile=..., ssl_ca_certs="ca.pem", ssl_cert_reqs=ssl.CERT_REQUIRED,
                 http=TlsH11Protocol)
 
-With it, ``AuthzMiddleware`` sends the certificate's URI SAN (else subject) as ``source.principal``, the value an
-``mtls`` identity source matches. Only the h11 implementation is covered (``http="h11"``).
+With it, ``AuthzMiddleware`` sends the certificate's URI SAN (else its DNS SAN, else its subject) as
+``source.principal``, the value an ``mtls`` identity source matches. Only the h11 implementation is covered
+(``http="h11"``).
 """
 
 from __future__ import annotations

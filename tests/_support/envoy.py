@@ -371,7 +371,7 @@ class CapturingAuthorization:
 # ------------------------------------------------------------------------------- recording a real CheckRequest
 
 RECORDED_METHOD = "GET"
-RECORDED_PATH = "/artifacts/platform%2Fbuild/-/main/out/app.tar?x=1"
+RECORDED_PATH = "/artifacts/platform/build/-/main/out/app.tar?x=1"
 RECORDED_HOST = "artifacts.example.com"
 RECORDED_BASIC = "Basic " + base64.b64encode(b"recorded:recorded-password").decode()  # a FAKE user, not a secret
 # Everything the client sends, spelled out, so that no client library default ends up in the fixture.

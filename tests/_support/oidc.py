@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -220,8 +221,17 @@ class OidcProviderMock:
 
     START_TIMEOUT_S = 30.0
 
-    def __init__(self, users: list[dict[str, Any]] | None = None, *, token_max_age: int = 3600, port: int = 0) -> None:
+    def __init__(
+        self,
+        users: list[dict[str, Any]] | None = None,
+        *,
+        token_max_age: int = 3600,
+        port: int = 0,
+        tls: tuple[Path, Path, Path] | None = None,
+    ) -> None:
         self.users = users or []
+        # (certificate, key, CA): serve https:// with that certificate; clients here trust that CA.
+        self.tls = tls
         self.token_max_age = token_max_age
         self.fixed_port = port  # 0: a free one (tests); the quickstart uses the example config's issuer port
         self.port = port
@@ -230,15 +240,46 @@ class OidcProviderMock:
 
     @property
     def issuer(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
-    def start(self) -> OidcProviderMock:
-        for _ in range(3):  # the free port may be taken between probing and binding: retry on another
-            self.port = self.fixed_port or free_port()
+    @property
+    def _verify(self) -> str | bool:
+        return str(self.tls[2]) if self.tls else True
+
+    def _command(self) -> list[str]:
+        if self.tls is None:
             cmd = [sys.executable, "-m", "oidc_provider_mock", "--host", "127.0.0.1", "--port", str(self.port)]
             cmd += ["--token-max-age", str(self.token_max_age)]
             for user in self.users:
                 cmd += ["--user-claims", json.dumps(user)]
+            return cmd
+        # The package's CLI has no TLS option: run its app under uvicorn with a certificate (the issuer it
+        # publishes follows the request, so it is the https:// URL).
+        script = (
+            "import sys, json, datetime, uvicorn, oidc_provider_mock\n"
+            "from oidc_provider_mock import User\n"
+            "users = [User(sub=u.pop('sub'), claims=u) for u in json.loads(sys.argv[3])]\n"
+            "app = oidc_provider_mock.app(user_claims=users, "
+            "access_token_max_age=datetime.timedelta(seconds=int(sys.argv[4])))\n"
+            "uvicorn.run(app, interface='wsgi', host='127.0.0.1', port=int(sys.argv[5]), log_config=None, "
+            "ssl_certfile=sys.argv[1], ssl_keyfile=sys.argv[2])\n"
+        )
+        cert, key, _ = self.tls
+        return [
+            sys.executable,
+            "-c",
+            script,
+            str(cert),
+            str(key),
+            json.dumps(self.users),
+            str(self.token_max_age),
+            str(self.port),
+        ]
+
+    def start(self) -> OidcProviderMock:
+        for _ in range(3):  # the free port may be taken between probing and binding: retry on another
+            self.port = self.fixed_port or free_port()
+            cmd = self._command()
             self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
             if self._wait_ready():
                 return self
@@ -253,7 +294,8 @@ class OidcProviderMock:
             if self._proc.poll() is not None:
                 return False
             try:
-                if httpx.get(self.issuer + "/.well-known/openid-configuration", timeout=1).status_code == 200:
+                url = self.issuer + "/.well-known/openid-configuration"
+                if httpx.get(url, timeout=1, verify=self._verify).status_code == 200:
                     return True
             except httpx.HTTPError:
                 pass
@@ -275,7 +317,7 @@ class OidcProviderMock:
         """Run the authorization-code flow as ``sub`` and return the token endpoint's JSON (with ``id_token``)."""
         redirect_uri = "http://127.0.0.1/callback"
         state, nonce = secrets.token_urlsafe(8), secrets.token_urlsafe(8)
-        with httpx.Client(base_url=self.issuer, follow_redirects=False, timeout=10) as client:
+        with httpx.Client(base_url=self.issuer, follow_redirects=False, timeout=10, verify=self._verify) as client:
             # The consent form posts the chosen subject back to the authorization endpoint.
             params = {
                 "client_id": client_id,

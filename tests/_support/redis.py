@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -43,12 +44,14 @@ def redis_binary() -> str | None:
     return "/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK) else None
 
 
-def _ping(port: int, timeout: float = 0.5) -> bool:
-    """True when a Redis on ``port`` answers PING (raw RESP, no client library needed)."""
+def _ping(port: int, timeout: float = 0.5, tls: ssl.SSLContext | None = None) -> bool:
+    """True when a Redis on ``port`` answers PING (raw RESP, no client library needed); over TLS with ``tls``.
+    A server that wants a password first (``-NOAUTH``) is up too."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+            sock = tls.wrap_socket(raw, server_hostname="127.0.0.1") if tls is not None else raw
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -56,15 +59,27 @@ def _ping(port: int, timeout: float = 0.5) -> bool:
 class RedisServer:
     """One redis-server process bound to 127.0.0.1 on a free port."""
 
-    def __init__(self, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        binary: str | None = None,
+        *,
+        tls: tuple[Path, Path, Path] | None = None,
+        requirepass: str | None = None,
+        acl_user: tuple[str, str] | None = None,
+    ) -> None:
+        """``tls`` (certificate, key, CA) serves TLS only (``tls-port``, no plaintext port); ``requirepass`` sets
+        the default user's password; ``acl_user`` (name, password) adds an ACL user and turns the default off."""
         self.binary = binary or redis_binary()
+        self.tls = tls
+        self.requirepass = requirepass
+        self.acl_user = acl_user
         self.port = 0
         self._dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int:
@@ -100,7 +115,27 @@ class RedisServer:
             "daemonize": "no",
             "protected-mode": "yes",
         }
+        tls_ctx = None
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            options.update(
+                {
+                    "port": "0",  # no plaintext listener at all
+                    "tls-port": str(self.port),
+                    "tls-cert-file": str(cert),
+                    "tls-key-file": str(key),
+                    "tls-ca-cert-file": str(ca),
+                    "tls-auth-clients": "no",  # server-authenticated TLS; clients authenticate with AUTH
+                }
+            )
+            tls_ctx = ssl.create_default_context(cafile=str(ca))
+        if self.requirepass is not None:
+            options["requirepass"] = self.requirepass
         argv = [self.binary, *(arg for name, value in options.items() for arg in (f"--{name}", value))]
+        if self.acl_user is not None:
+            name, password = self.acl_user
+            # redis-server joins the words after --user up to the next --option into one config line.
+            argv += ["--user", name, "on", f">{password}", "~*", "&*", "+@all", "--user", "default", "off"]
         with open(self._dir / "redis.log", "ab") as log:
             self._proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self._dir
@@ -110,7 +145,7 @@ class RedisServer:
             if self._proc.poll() is not None:
                 self._proc = None
                 return False
-            if _ping(self.port):
+            if _ping(self.port, tls=tls_ctx):
                 return True
             time.sleep(0.02)
         self._terminate()

@@ -57,12 +57,13 @@ class TestCA:
         self.cert = directory / f"{name.replace(' ', '-')}.pem"
         self.cert.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str, *, uri: str | None = None, server: bool = False) -> CertFiles:
+    def issue(self, name: str, *, uri: str | None = None, server: bool = False, dns: tuple[str, ...] = ()) -> CertFiles:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         sans: list[x509.GeneralName] = []
         if server:
             sans += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+        sans += [x509.DNSName(d) for d in dns]
         if uri:
             sans.append(x509.UniformResourceIdentifier(uri))
         builder = (

@@ -71,7 +71,7 @@ async def test_slow_gerrit_is_a_timely_503(slow_gerrit: str, caller_deadline: fl
         resp = await asyncio.wait_for(call, 10)  # the test's own bound; the budget under test is far shorter
         elapsed = time.monotonic() - started
 
-    assert resp.denied_response.status.code == 503
-    assert json.loads(resp.denied_response.body)["error"] in ("gerrit_timeout", "deadline_exceeded")
+    assert resp.error_response.status.code == 503
+    assert json.loads(resp.error_response.body)["error"] in ("gerrit_timeout", "deadline_exceeded")
     budget = caller_deadline if caller_deadline is not None else 1.0
     assert elapsed < budget + 0.5  # answered within the budget (plus scheduling slack), not after Gerrit's 5 s

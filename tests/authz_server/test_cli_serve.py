@@ -75,6 +75,8 @@ async def test_sigterm_goes_not_serving_drains_in_flight_checks_and_exits_0(tmp_
         logged = (await proc.stderr.read()).decode()
         assert '"decision_id"' in logged  # the audit line is there, without the credential
         assert "YWxpY2U6cHc=" not in logged and "alice:pw" not in logged
+        # No noise at start-up: asyncssh's import used to print seven DSA deprecation warnings.
+        assert "DeprecationWarning" not in logged, logged
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -88,6 +90,7 @@ def test_explain_exit_codes_and_trace(tmp_path: Path, lazy_gerrit: str) -> None:
     )
     assert allowed.returncode == 0, allowed.stderr
     assert json.loads(allowed.stdout)["rule"] == "health"
+    assert "DeprecationWarning" not in allowed.stderr, allowed.stderr
 
     denied = subprocess.run(
         cli("explain", "--config", config, "--method", "POST", "--path", "/x"),

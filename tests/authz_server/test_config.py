@@ -112,7 +112,7 @@ class TestExample:
             "upload-artifacts",
             "admin-api",
             "deploy",
-            "signed-in",
+            "dashboard",
         ]
 
     def test_requirements(self, example: Config) -> None:
@@ -121,7 +121,9 @@ class TestExample:
         assert rules["read-artifacts"].require == Permission("{project}", "refs/heads/{branch}", "read")
         assert rules["upload-artifacts"].require == Permission("{project}", "refs/heads/{branch}", "push")
         assert rules["admin-api"].require == Any_((Group("Administrators"), Capability("administrateServer")))
-        assert rules["signed-in"].require == Authenticated()
+        assert rules["dashboard"].require == Authenticated()
+        assert rules["dashboard"].match.methods == ["GET", "HEAD"]
+        assert rules["dashboard"].match.path_prefix == "/dashboard"
 
     def test_deploy_requirement_tree(self, example: Config) -> None:
         deploy = next(r for r in example.rules if r.name == "deploy")
@@ -144,21 +146,39 @@ class TestExample:
                 "read-artifacts",
                 {"project": "platform/build", "branch": "main", "file": "out/app.tar"},
             ),
+            (
+                "GET",
+                "/artifacts/platform/build/-/main/out/app.tar",
+                "read-artifacts",
+                {"project": "platform/build", "branch": "main", "file": "out/app.tar"},
+            ),
+            (
+                "PUT",
+                "/artifacts/infra/deploy-tools/-/main/x",
+                "upload-artifacts",
+                {"project": "infra/deploy-tools", "branch": "main", "file": "x"},
+            ),
             ("HEAD", "/artifacts/p/-/main/a", "read-artifacts", {"project": "p", "branch": "main", "file": "a"}),
             ("PUT", "/artifacts/p/-/main/a", "upload-artifacts", {"project": "p", "branch": "main", "file": "a"}),
             ("POST", "/artifacts/p/-/main/a", "upload-artifacts", {"project": "p", "branch": "main", "file": "a"}),
-            ("DELETE", "/artifacts/p/-/main/a", "signed-in", {}),
+            ("DELETE", "/artifacts/p/-/main/a", None, {}),
             ("GET", "/admin/caches", "admin-api", {}),
-            ("GET", "/admin", "signed-in", {}),
+            ("GET", "/admin", None, {}),
             ("POST", "/deploy/12345", "deploy", {"change": "12345"}),
-            ("GET", "/deploy/12345", "signed-in", {}),
-            ("GET", "/anything/else", "signed-in", {}),
+            ("GET", "/deploy/12345", None, {}),
+            ("GET", "/dashboard", "dashboard", {}),
+            ("HEAD", "/dashboard/me", "dashboard", {}),
+            ("POST", "/dashboard/me", None, {}),
+            ("GET", "/anything/else", None, {}),  # no catch-all: a request that no rule names is refused
         ],
     )
     def test_first_match_wins(
-        self, example: Config, method: str, path: str, rule: str, captures: dict[str, str]
+        self, example: Config, method: str, path: str, rule: str | None, captures: dict[str, str]
     ) -> None:
         match = Policy.from_config(example.rules).match(make_input(method, path))
+        if rule is None:
+            assert match is None
+            return
         assert match is not None
         assert (match.rule.name, dict(match.captures)) == (rule, captures)
 
@@ -389,3 +409,64 @@ class TestCheckConfigCli:
         )
         assert failed.returncode == 2
         assert "rules[1].match.bogus: unknown key" in failed.stderr
+
+
+class TestMethods:
+    """A misspelt method would make a rule that never matches, so the request falls to a later, laxer rule."""
+
+    def test_an_unknown_method_is_an_error_naming_its_key_path(self, example_data: dict[str, Any]) -> None:
+        example_data["rules"][2]["match"]["methods"] = ["PUT", "PSOT"]
+        [(key, reason)] = errors_of(example_data)
+        assert key == "rules[2].match.methods[1]"
+        assert reason.startswith("unknown HTTP method 'PSOT' (expected one of ")
+
+    @pytest.mark.parametrize("method", ["PSOT", "FOO", "G ET", "", "*"])
+    def test_anything_outside_the_accepted_set_is_refused(self, example_data: dict[str, Any], method: str) -> None:
+        example_data["rules"][0]["match"]["methods"] = [method]
+        errors = errors_of(example_data)
+        assert [key for key, _ in errors] == ["rules[0].match.methods[0]"]
+
+    @pytest.mark.parametrize("method", ["GET", "patch", "OPTIONS", "TRACE", "CONNECT", "PROPFIND", "MKCOL", "UNLOCK"])
+    def test_rfc_9110_patch_and_webdav_methods_are_accepted(self, example_data: dict[str, Any], method: str) -> None:
+        example_data["rules"][0]["match"]["methods"] = [method]
+        parse_config(example_data)
+
+    def test_check_config_exits_2_naming_the_key(
+        self, example_data: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        example_data["rules"][3]["match"]["methods"] = ["PSOT"]
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(yaml.safe_dump(example_data))
+        assert main(["check-config", str(bad)]) == 2
+        assert "rules[3].match.methods[0]: unknown HTTP method 'PSOT'" in capsys.readouterr().err
+
+
+class TestCheckConfigSaysWhatItDidNotCheck:
+    def test_an_unset_secret_unread_files_and_unreached_services_are_named(
+        self,
+        example_data: dict[str, Any],
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.delenv("GERRIT_AUTHZ_PASSWORD", raising=False)
+        example_data["cache"]["credential_key_file"] = str(tmp_path / "absent-key")
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(example_data))
+        assert main(["check-config", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert "OK" in out
+        assert "not checked" in out
+        assert "gerrit.password_env: environment variable GERRIT_AUTHZ_PASSWORD is not set" in out
+        assert f"cache.credential_key_file: {tmp_path / 'absent-key'} not read" in out
+        assert f"Gerrit at {example_data['gerrit']['url']}" in out
+        assert f"the OIDC issuer {example_data['identity'][0]['jwt']['issuer']}" in out
+
+    def test_a_set_secret_is_not_claimed_to_work(
+        self, example_config_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("GERRIT_AUTHZ_PASSWORD", "s3cret-value")
+        assert main(["check-config", str(example_config_path)]) == 0
+        out = capsys.readouterr().out
+        assert "gerrit.password_env: set, but not tried against Gerrit" in out
+        assert "s3cret-value" not in out

@@ -26,6 +26,7 @@ from _support.gerrit_events import EventsSetup, close_connections
 from _support.gerrit_provision import Rest
 from gerrit_authz.v1 import admin_pb2, admin_pb2_grpc
 
+from authz_server._response import http_response
 from authz_server._server import AuthzServer
 
 pytestmark = pytest.mark.gerrit
@@ -100,7 +101,7 @@ async def app(gerrit: Any, gerrit_events: EventsSetup, password_file: Path, grou
 async def status(app: AuthzServer, path: str, user: tuple[str, str]) -> int:
     async with check_stub(app.address) as stub:
         resp = await stub.Check(check_request("GET", path, {"authorization": basic(*user)}), timeout=10)
-    return 200 if resp.status.code == 0 else int(resp.denied_response.status.code)
+    return 200 if resp.status.code == 0 else int(http_response(resp).status.code)
 
 
 async def follows(name: str, app: AuthzServer, path: str, user: tuple[str, str], want: int, since: float) -> None:

@@ -17,7 +17,7 @@ from authz_server._engine import Decision
 from authz_server._facts import Account
 from authz_server._identity import Identity, Principal
 from authz_server._input import CheckInput
-from authz_server._response import to_check_response
+from authz_server._response import http_response, to_check_response
 from authz_server._servicer import AuthorizationServicer
 from authz_server.errors import AuthzError, BadRequest, PermissionDenied, Unauthenticated, Unavailable
 
@@ -80,7 +80,8 @@ class TestAllowed:
         )
         response = to_check_response(allow(), inp)
         remove = list(response.ok_response.headers_to_remove)
-        assert sorted(remove) == ["x-authz-bar", "x-gerrit-foo"]
+        # x-authz-shadow: part of the fixed identity set, removed although the client did not send it.
+        assert sorted(remove) == ["x-authz-bar", "x-authz-shadow", "x-gerrit-foo"]
         assert not set(remove) & set(set_headers(response))
 
     def test_without_an_account_spoofed_identity_headers_are_removed(self) -> None:
@@ -88,7 +89,12 @@ class TestAllowed:
         inp = client_input({"x-gerrit-account-id": "1", "x-gerrit-email": "boss@example.com"})
         response = to_check_response(Decision("d", None, "health"), inp)
         assert set_headers(response) == {"x-authz-rule": "health", "x-authz-decision-id": "d"}
-        assert sorted(response.ok_response.headers_to_remove) == ["x-gerrit-account-id", "x-gerrit-email"]
+        assert sorted(response.ok_response.headers_to_remove) == [
+            "x-authz-shadow",
+            "x-gerrit-account-id",
+            "x-gerrit-email",
+            "x-gerrit-username",
+        ]
 
     def test_dynamic_metadata(self) -> None:
         response = to_check_response(allow(), client_input({}))
@@ -142,16 +148,35 @@ class TestDenied:
         assert (response.status.code, response.denied_response.status.code) == (3, 400)
         assert self.body(response)["error"] == "malformed_path"
 
-    def test_503_with_retry_after(self) -> None:
+    def test_503_with_retry_after_is_an_error_response(self) -> None:
         response = to_check_response(deny(Unavailable("gerrit_unavailable", "down")), None, retry_after=7)
+        # Envoy >= 1.37 counts it as ext_authz.error; the status must stay non-OK (OK + error_response allows).
+        assert response.WhichOneof("http_response") == "error_response"
+        assert (response.status.code, response.error_response.status.code) == (14, 503)
+        headers = {o.header.key: o.header.value for o in response.error_response.headers}
+        assert headers["retry-after"] == "7" and headers["content-type"] == "application/json"
+        assert "www-authenticate" not in headers
+        assert json.loads(response.error_response.body)["error"] == "gerrit_unavailable"
+        assert http_response(response) == response.error_response
+
+    def test_503_as_a_plain_deny_for_older_proxies(self) -> None:
+        decision = deny(Unavailable("gerrit_unavailable", "down"))
+        response = to_check_response(decision, None, retry_after=7, outages_as_errors=False)
+        assert response.WhichOneof("http_response") == "denied_response"
         assert (response.status.code, response.denied_response.status.code) == (14, 503)
         assert denied_headers(response)["retry-after"] == "7"
-        assert "www-authenticate" not in denied_headers(response)
+        assert response.denied_response == to_check_response(decision, None, retry_after=7).error_response
+
+    @pytest.mark.parametrize("outages_as_errors", [True, False])
+    def test_definite_denies_are_never_errors(self, outages_as_errors: bool) -> None:
+        for error in (Unauthenticated("missing_credentials", "x"), PermissionDenied("x", "y"), BadRequest("x", "y")):
+            response = to_check_response(deny(error), None, outages_as_errors=outages_as_errors)
+            assert response.WhichOneof("http_response") == "denied_response"
 
     def test_unexpected_error_family_is_503_never_allow(self) -> None:
         response = to_check_response(deny(AuthzError("internal_error", "boom")), None)
-        assert (response.status.code, response.denied_response.status.code) == (14, 503)
-        assert "retry-after" in denied_headers(response)
+        assert (response.status.code, http_response(response).status.code) == (14, 503)
+        assert "retry-after" in {o.header.key for o in http_response(response).headers}
 
     def test_denied_responses_never_set_identity_headers(self) -> None:
         response = to_check_response(deny(PermissionDenied("requirement_failed", "no")), client_input({}))

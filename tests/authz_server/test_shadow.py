@@ -91,7 +91,7 @@ async def test_an_outage_is_never_turned_into_an_allow_by_shadow_mode(shadow_glo
     rule = {"name": "trial", "require": ADMINS, **({} if shadow_globally else {"mode": "shadow"})}
     decision = await decide([rule], headers=AS_ALICE, shadow=shadow_globally, gerrit=down)
     assert not decision.allowed and not decision.shadow
-    assert to_check_response(decision, None).denied_response.status.code == 503
+    assert to_check_response(decision, None).error_response.status.code == 503
 
 
 async def test_a_malformed_request_stays_400_in_global_shadow() -> None:

@@ -42,7 +42,7 @@ def recorded() -> CheckRequest:
 def test_recorded_fixture_parses_to_the_request_sent() -> None:
     inp = parse_check_request(recorded())
     assert inp.method == "GET"
-    assert inp.path == "/artifacts/platform%2Fbuild/-/main/out/app.tar"
+    assert inp.path == "/artifacts/platform/build/-/main/out/app.tar"
     assert inp.query == "x=1"
     assert inp.host == RECORDED_HOST
     assert inp.scheme == "http"

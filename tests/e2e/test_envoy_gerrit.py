@@ -3,10 +3,11 @@ echo upstream: plain HTTP requests through Envoy, and what the client and the up
 
 Envoy behaviours pinned here (Envoy 1.40):
 - ``normalize_path: true`` resolves dot-segments *before* ext_authz and routing, including encoded ones
-  (``/a/%2e%2e/b`` -> ``/b``), and decodes escaped unreserved characters (``%61`` -> ``a``); ``%2F``/``%2f`` stay
-  as sent (``KEEP_UNCHANGED``, case preserved). So through the example listener gerrit-authz never sees a
-  dot-segment: the 400 for one is reached here on a test-only listener with ``normalize_path: false``; on the
-  example listener an encoded backslash (``%5C``), which Envoy passes through, gets gerrit-authz's 400.
+  (``/a/%2e%2e/b`` -> ``/b``), and decodes escaped unreserved characters (``%61`` -> ``a``); ``%2F``/``%2f``
+  (and ``%5C``) are unescaped with a redirect (``UNESCAPE_AND_REDIRECT``) before ext_authz is asked. So through
+  the example listener gerrit-authz never sees a dot-segment: the 400 for one is reached here on a test-only
+  listener with ``normalize_path: false``.
+- ``headers_with_underscores_action: REJECT_REQUEST``: a client-sent ``x_gerrit_account_id`` is a 400 from Envoy.
 - Without ``normalize_path`` the route is chosen on the raw path: ``/static/%2e%2e/x`` takes the unchecked
   ``/static/`` route, and the upstream receives the dot-segment. That is why the example normalises.
 - httpx removes literal ``.``/``..`` segments client-side, so the tests send encoded ones.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -47,9 +49,9 @@ from authz_server.config import Config
 
 pytestmark = [pytest.mark.gerrit, pytest.mark.envoy]
 
-ARTIFACT = "/artifacts/platform%2Fbuild/-/main/out/app.tar"
-SECRET_ARTIFACT = "/artifacts/platform%2Fsecret/-/main/out/app.tar"
-DOT_SEGMENT = "/artifacts/platform%2Fbuild/-/main/%2e%2e/x"
+ARTIFACT = "/artifacts/platform/build/-/main/out/app.tar"  # {project:path}: the project is platform/build
+SECRET_ARTIFACT = "/artifacts/platform/secret/-/main/out/app.tar"
+DOT_SEGMENT = "/artifacts/platform/build/-/main/%2e%2e/main/x"
 JWT_ISSUER = "https://issuer.test.invalid"
 JWT_AUDIENCE = "gerrit-authz-demo"
 JWT_FILTER = "envoy.filters.http.jwt_authn"
@@ -161,7 +163,7 @@ def checks(envoy: EnvoyProcess, listener: str = "ingress") -> int:
 async def test_allowed_request_reaches_upstream_with_identity(envoy: EnvoyProcess, gerrit: Any) -> None:
     carol = gerrit.org.carol
     seen = upstream(await send(envoy, ARTIFACT + "?x=1", as_user(carol)))
-    assert seen["raw_path"] == ARTIFACT  # the encoded slash reaches the upstream as sent
+    assert seen["raw_path"] == ARTIFACT
     assert seen["query"] == "x=1"
     headers = seen["headers"]
     assert headers["x-gerrit-account-id"] == str(carol.account_id)
@@ -185,19 +187,52 @@ async def test_spoofed_identity_headers_never_reach_upstream(envoy: EnvoyProcess
     anon = upstream(await send(envoy, "/healthz", spoof))["headers"]
     assert anon["x-authz-rule"] == "health"
     assert not {"x-gerrit-account-id", "x-gerrit-anything", "x-authz-x"} & set(anon)
+    # An underscore spelling (WSGI reads it as HTTP_X_GERRIT_ACCOUNT_ID) is refused at Envoy's front door.
+    before = checks(envoy)
+    assert (await send(envoy, "/healthz", {"x_gerrit_account_id": "1"})).status_code == 400
+    assert checks(envoy) == before
 
 
 async def test_unauthenticated_is_401_with_challenge_and_json(envoy: EnvoyProcess, gerrit: Any, echo: Any) -> None:
     before = echo.requests
     resp = await send(envoy, "/dashboard")
     body = our_deny(resp, 401)
-    assert resp.headers["www-authenticate"] == 'Bearer realm="gerrit-authz"'
-    assert body["rule"] == "signed-in"
+    # One challenge per configured kind, each its own header line, in the order of the identity sources:
+    # envoy_jwt_metadata (a token) then gerrit_http_credentials.
+    assert resp.headers.get_list("www-authenticate") == ['Bearer realm="gerrit-authz"', 'Basic realm="gerrit-authz"']
+    assert body["rule"] == "dashboard"
     bad = await send(envoy, "/dashboard", {"authorization": basic("bob", "not-his-password")})
     assert our_deny(bad, 401)["error"] == "invalid_credentials"
-    assert 'error="invalid_token"' in bad.headers["www-authenticate"]
+    # A bad password is no bad token: Bearer without error="invalid_token", and Basic offered again.
+    assert bad.headers.get_list("www-authenticate") == ['Bearer realm="gerrit-authz"', 'Basic realm="gerrit-authz"']
     assert "not-his-password" not in bad.text
     assert echo.requests == before  # denied requests never reach the upstream
+
+
+async def test_curl_anyauth_finds_basic_in_the_challenge(envoy: EnvoyProcess, gerrit: Any) -> None:
+    """curl -u sends Basic up front; --anyauth sends nothing first and answers only a scheme the 401 offers."""
+    bob = gerrit.org.bob
+
+    async def curl(*args: str) -> str:
+        # In a thread: gerrit-authz answers Envoy from this very event loop.
+        out = await asyncio.to_thread(
+            subprocess.run,
+            ["curl", "-sS", "-o", "/dev/null", "-D", "-", "--max-time", "15", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return out.stdout
+
+    url = envoy.url("ingress") + "/dashboard"
+    wrong = await curl("-u", f"{bob.username}:not-his-password", url)
+    assert wrong.startswith("HTTP/1.1 401"), wrong
+    challenges = [line.split(":", 1)[1].strip() for line in wrong.splitlines() if line.lower().startswith("www-auth")]
+    assert 'Basic realm="gerrit-authz"' in challenges, wrong
+    negotiated = await curl("--anyauth", "-u", f"{bob.username}:{bob.http_password}", url)
+    statuses = [line.split()[1] for line in negotiated.splitlines() if line.startswith("HTTP/")]
+    assert statuses == ["401", "200"], negotiated  # asked, offered Basic, answered it
 
 
 async def test_forbidden_is_403_json(envoy: EnvoyProcess, gerrit: Any) -> None:
@@ -210,13 +245,15 @@ async def test_forbidden_is_403_json(envoy: EnvoyProcess, gerrit: Any) -> None:
 async def test_dot_segments(envoy: EnvoyProcess, gerrit: Any) -> None:
     bob = as_user(gerrit.org.bob)
     # Example listener: Envoy resolves the encoded dot-segment before ext_authz, so gerrit-authz and the
-    # upstream both see /artifacts/platform%2Fbuild/-/x -- no longer an artifact path, so "signed-in" decides.
+    # upstream both see /artifacts/platform/build/-/main/x.
     seen = upstream(await send(envoy, DOT_SEGMENT, bob))
-    assert seen["raw_path"] == "/artifacts/platform%2Fbuild/-/x"
-    assert seen["headers"]["x-authz-rule"] == "signed-in"
-    # An encoded backslash is passed through by Envoy (KEEP_UNCHANGED) and refused by gerrit-authz.
-    body = our_deny(await send(envoy, "/artifacts/platform%2Fbuild/-/main/..%5C..%5Cx", bob), 400)
-    assert body["error"] == "malformed_path"
+    assert seen["raw_path"] == "/artifacts/platform/build/-/main/x"
+    assert seen["headers"]["x-authz-rule"] == "read-artifacts"
+    # An encoded backslash is unescaped by a redirect, never passed to ext_authz or the upstream as %5C.
+    before = checks(envoy)
+    redirect = await send(envoy, "/artifacts/platform/build/-/main/..%5C..%5Cx", bob)
+    assert redirect.is_redirect and "%5C" not in redirect.headers["location"].upper()
+    assert checks(envoy) == before
     # Without normalize_path (test-only listener) the dot-segment reaches gerrit-authz: 400, its JSON.
     body = our_deny(await send(envoy, DOT_SEGMENT, bob, listener="raw"), 400)
     assert body["error"] == "malformed_path" and "dot-segment" in body["reason"]
@@ -228,22 +265,28 @@ async def test_dot_segments(envoy: EnvoyProcess, gerrit: Any) -> None:
     our_deny(await send(envoy, "/static/%2e%2e/dashboard"), 401)
 
 
-async def test_encoded_slash_names_the_project(envoy: EnvoyProcess, gerrit: Any) -> None:
+async def test_a_project_with_a_slash_and_the_encoded_spelling(envoy: EnvoyProcess, gerrit: Any) -> None:
     bob, carol = as_user(gerrit.org.bob), as_user(gerrit.org.carol)
     assert upstream(await send(envoy, ARTIFACT, bob, method="PUT"))["headers"]["x-authz-rule"] == "upload-artifacts"
     body = our_deny(await send(envoy, ARTIFACT, carol, method="PUT"), 403)
     assert "platform/build" in body["reason"] and "push" in body["reason"]
-    lower = "/artifacts/platform%2fbuild/-/main/out/app.tar"  # Envoy keeps the case of the escape
-    seen = upstream(await send(envoy, lower, carol))
-    assert seen["raw_path"] == lower and seen["headers"]["x-authz-rule"] == "read-artifacts"
+    before = checks(envoy)
+    for escaped in ("platform%2Fbuild", "platform%2fbuild"):
+        # UNESCAPE_AND_REDIRECT: a redirect to the plain-slash path, before ext_authz; the same project either way.
+        redirect = await send(envoy, f"/artifacts/{escaped}/-/main/out/app.tar", carol, method="PUT")
+        assert redirect.status_code == 307 and redirect.headers["location"].endswith(ARTIFACT), redirect.headers
+    assert checks(envoy) == before
 
 
 async def test_route_context_extensions_reach_the_service(envoy: EnvoyProcess, gerrit: Any) -> None:
     alice = as_user(gerrit.org.alice)
     seen = upstream(await send(envoy, "/deploy/status", alice))
     assert seen["headers"]["x-authz-rule"] == "envoy-deploy-route"
-    # The same request on another route carries no context_extensions: the rule does not match.
-    assert upstream(await send(envoy, "/deployments/status", alice))["headers"]["x-authz-rule"] == "signed-in"
+    # The same request on another route carries no context_extensions: the rule does not match, and no other
+    # rule names the path (the example has no catch-all).
+    assert our_deny(await send(envoy, "/deployments/status", alice), 403)["rule"] == ""
+    # An encoded slash cannot dodge the /deploy/ route: Envoy redirects to the path that takes it.
+    assert (await send(envoy, "/deploy%2Fstatus", alice)).headers["location"].endswith("/deploy/status")
     # POST /deploy/{change} still reaches the example's deploy rule (GET-only rule above).
     merged = gerrit.org.change_merged.number
     assert upstream(await send(envoy, f"/deploy/{merged}", alice, method="POST"))["headers"]["x-authz-rule"] == (
@@ -305,7 +348,7 @@ async def test_jwt_authn_payload_is_the_identity(
         headers = seen["headers"]
         assert headers["x-gerrit-account-id"] == str(alice.account_id)
         assert headers["x-gerrit-username"] == "alice"
-        assert headers["x-authz-rule"] == "signed-in"
+        assert headers["x-authz-rule"] == "dashboard"
         assert headers["authorization"].startswith("Bearer ")  # forward: true
 
         before = checks(proc)
@@ -377,7 +420,9 @@ async def test_gerrit_outage_stale_then_503(gerrit: Any, echo: EchoUpstream, tmp
                 assert "stale_cache" in await explain_sources(app, carol)
                 # Never cached: no usable answer, gerrit-authz's 503 (JSON and retry-after).
                 body = our_deny(await send(proc, "/admin/users", as_user(gerrit.org.dave)), 503)
-                assert body["error"] and proc.stats("http.ingress.ext_authz.error")["http.ingress.ext_authz.error"] == 0
+                assert body["error"] == "gerrit_unavailable"
+                # Sent as error_response: Envoy counts it as an error (failure_mode_allow: false, so our 503 stands).
+                assert proc.stats("http.ingress.ext_authz.error")["http.ingress.ext_authz.error"] == 1
                 # Past the window: the cached answers are gone too.
                 await asyncio.sleep(max(0.0, t_end + TTL + STALE_IF_ERROR + 0.3 - time.monotonic()))
                 resp = await send(proc, ARTIFACT, carol)

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.gerrit, pytest.mark.envoy]
 
 SERVICE_USER = "ci-deployer"
 SPIFFE = "spiffe://corp.example/ci/{account}"
-ARTIFACT = "/artifacts/{project}/-/{branch}/{file:path}"
+ARTIFACT = "/artifacts/{project:path}/-/{branch}/{file:path}"
 RULES = [
     {
         "name": "ci-artifacts",
@@ -107,13 +107,13 @@ def checks(envoy: EnvoyProcess) -> int:
 @pytest.mark.asyncio(loop_scope="session")
 async def test_ci_certificate_is_the_service_user(envoy: EnvoyProcess, pki: TestCA, service_user: str) -> None:
     ci = pki.issue("ci-cert", uri=SPIFFE.format(account=service_user))
-    resp = await send(envoy, pki, "/artifacts/platform%2Fbuild/-/main/out/app.tar", ci)
+    resp = await send(envoy, pki, "/artifacts/platform/build/-/main/out/app.tar", ci)
     assert resp.status_code == 200, resp.text
     seen = resp.json()["headers"]
     assert seen["x-gerrit-username"] == service_user
     assert seen["x-authz-rule"] == "ci-artifacts"
     # The same account has no read on the restricted project: the permission really is checked as ci-deployer.
-    denied = await send(envoy, pki, "/artifacts/platform%2Fsecret/-/main/out/app.tar", ci)
+    denied = await send(envoy, pki, "/artifacts/platform/secret/-/main/out/app.tar", ci)
     assert denied.status_code == 403, denied.text
     assert service_user in denied.json()["reason"]
 
@@ -121,11 +121,11 @@ async def test_ci_certificate_is_the_service_user(envoy: EnvoyProcess, pki: Test
 @pytest.mark.asyncio(loop_scope="session")
 async def test_unmatched_principal_is_no_identity(envoy: EnvoyProcess, pki: TestCA) -> None:
     other = pki.issue("other-cert", uri="spiffe://other.example/ci/ci-deployer")
-    resp = await send(envoy, pki, "/artifacts/platform%2Fbuild/-/main/out/app.tar", other)
+    resp = await send(envoy, pki, "/artifacts/platform/build/-/main/out/app.tar", other)
     assert resp.status_code == 401, resp.text
     assert resp.json()["error"] == "missing_credentials"
     subject_only = pki.issue("subject-only")  # no URI SAN: Envoy reports the subject, which matches nothing
-    assert (await send(envoy, pki, "/artifacts/platform%2Fbuild/-/main/out/app.tar", subject_only)).status_code == 401
+    assert (await send(envoy, pki, "/artifacts/platform/build/-/main/out/app.tar", subject_only)).status_code == 401
 
 
 @pytest.mark.asyncio(loop_scope="session")
@@ -134,11 +134,11 @@ async def test_no_certificate_never_reaches_the_check(envoy: EnvoyProcess, pki: 
     # TLS 1.3: the client learns of the refusal on its first read (a "certificate required" alert, or a reset);
     # Envoy's own counters below say why it refused.
     with pytest.raises((httpx.TransportError, ssl.SSLError)):
-        await send(envoy, pki, "/artifacts/platform%2Fbuild/-/main/out/app.tar", None)
+        await send(envoy, pki, "/artifacts/platform/build/-/main/out/app.tar", None)
     stranger_ca = TestCA(pki.directory, "stranger CA")
     forged = stranger_ca.issue("forged", uri=SPIFFE.format(account=SERVICE_USER))
     with pytest.raises((httpx.TransportError, ssl.SSLError)):
-        await send(envoy, pki, "/artifacts/platform%2Fbuild/-/main/out/app.tar", forged)
+        await send(envoy, pki, "/artifacts/platform/build/-/main/out/app.tar", forged)
     assert checks(envoy) == before
     refused = {
         k: v

@@ -75,7 +75,7 @@ def corpus_app() -> Starlette:
 CORPUS: list[tuple[str, str, str | None]] = [
     ("GET", "/healthz", "health"),
     ("GET", "/%68ealthz", "health"),
-    ("GET", "/healthz/", "signed-in"),
+    ("GET", "/healthz/", None),  # a lax router would serve /healthz: 400, not the catch-all
     ("GET", "/src/secret/%2B/main/k", "src"),  # the issue: %2B fell through to the catch-all
     ("GET", "/src/secret/%2b/main/k", "src"),
     ("HEAD", "/src/secret/+/main/k", "src"),  # the issue: HEAD slipped past the GET rule
@@ -96,7 +96,7 @@ CORPUS: list[tuple[str, str, str | None]] = [
     ("POST", "/ops%2Frestart", None),  # the issue: %2F in a literal
     ("POST", "/ops%2frestart", None),
     ("POST", "/ops%252Frestart", "signed-in"),
-    ("POST", "/ops/restart/", "signed-in"),
+    ("POST", "/ops/restart/", None),
     ("HEAD", "/ops/restart", "signed-in"),  # a POST rule does not govern HEAD
     ("GET", "/admin/x", "admin-api"),
     ("GET", "/admin/", "admin-api"),
@@ -106,11 +106,11 @@ CORPUS: list[tuple[str, str, str | None]] = [
     ("GET", "/%61dmin/x", "admin-api"),
     ("GET", "/admin/a%2Fb", "admin-api"),
     ("GET", "/admin%252Fx", "signed-in"),
-    ("GET", "/ADMIN/x", "signed-in"),
+    ("GET", "/ADMIN/x", None),  # a case-insensitive router would serve /admin/x
     ("POST", "/deploy/12", "deploy"),
     ("POST", "/deploy/%31%32", "deploy"),
     ("POST", "/deploy%2F12", None),  # the issue
-    ("POST", "/deploy/12/", "signed-in"),
+    ("POST", "/deploy/12/", None),
     ("DELETE", "/deploy/12", "signed-in"),
     ("GET", "/plugins/gitiles/platform/build/+/main/docs/a.md", "gitiles"),
     ("GET", "/plugins/gitiles/p/+/main/docs/+/a.md", "gitiles"),
@@ -160,11 +160,17 @@ async def authz_server(tmp_path: Path) -> AsyncIterator[str]:
         yield app.address
 
 
-async def run_corpus(base: str) -> dict[str, int]:
+async def run_corpus(base: str, *, envoy: bool = False) -> dict[str, int]:
     outcome = {"served": 0, "refused": 0}
     async with httpx.AsyncClient(timeout=15) as client:
         for method, path, expected in [*CORPUS, *((m, p, "?") for m, p in UNSETTLED)]:
             response = await client.request(method, httpx.URL(base).copy_with(raw_path=path.encode()))
+            if envoy and response.is_redirect:
+                # The example Envoy unescapes %2F with a redirect: follow it; the unescaped path must then be
+                # served under its own rule (or refused) like any other.
+                assert "%2F" not in response.headers["location"].upper(), response.headers["location"]
+                expected = "?"
+                response = await client.request(method, httpx.URL(base).join(response.headers["location"]))
             handler = response.headers.get("x-handler")
             where = f"{method} {path} -> {response.status_code} handler={handler}"
             if handler is not None:
@@ -198,7 +204,8 @@ async def test_behind_envoy_every_served_request_had_its_handlers_rule(tmp_path:
         point_cluster(bootstrap, "upstream", upstream)
         envoy = await asyncio.to_thread(EnvoyProcess(bootstrap, tmp_path).start)
         try:
-            outcome = await run_corpus(envoy.url())
+            outcome = await run_corpus(envoy.url(), envoy=True)
         finally:
             await asyncio.to_thread(envoy.stop)
-    assert outcome["served"] >= 25 and outcome["refused"] >= 8, outcome
+    # Fewer refusals than behind the middleware: Envoy resolves dot-segments and unescapes %2F by redirecting.
+    assert outcome["served"] >= 25 and outcome["refused"] >= 5, outcome

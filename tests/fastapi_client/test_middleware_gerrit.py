@@ -71,17 +71,22 @@ async def test_asgi_allow_deny_and_spoofing(authz: AuthzServer, gerrit: Any) -> 
         assert body["x-gerrit-account-id"] == str(org.bob.account_id)  # the spoofed "1" never reaches the app
         assert body["identity"]["rule"] == "read-artifacts" and body["identity"]["account_id"] == org.bob.account_id
 
-        anonymous = await client.get("/me")
+        anonymous = await client.get("/dashboard/me")
         assert anonymous.status_code == 401
-        assert anonymous.headers["www-authenticate"] == 'Bearer realm="gerrit-authz"'
-        assert anonymous.json()["error"] and anonymous.json()["rule"] == "signed-in"
+        assert anonymous.headers.get_list("www-authenticate") == ['Basic realm="gerrit-authz"']
+        assert anonymous.json()["error"] and anonymous.json()["rule"] == "dashboard"
+
+        # Wrong Basic credentials: told to send Basic again (curl -u, git and browsers depend on it).
+        wrong = await client.get("/me", headers={"authorization": basic("bob", "not-his-password")})
+        assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_credentials"
+        assert wrong.headers.get_list("www-authenticate") == ['Basic realm="gerrit-authz"']
 
         denied = await client.get(SECRET_ARTIFACT, headers=as_user(org.carol))
         assert denied.status_code == 403
         assert denied.json()["rule"] == "read-artifacts" and "platform/secret" in denied.json()["reason"]
 
-        me = (await client.get("/me", headers=as_user(org.carol))).json()
-        assert me["username"] == "carol" and me["account_id"] == org.carol.account_id and me["rule"] == "signed-in"
+        me = (await client.get("/dashboard/me", headers=as_user(org.carol))).json()
+        assert me["username"] == "carol" and me["account_id"] == org.carol.account_id and me["rule"] == "dashboard"
 
         deploy = await client.post(f"/deploy/{org.change_merged.number}", headers=as_user(org.alice))
         assert deploy.status_code == 200 and deploy.json()["by"] == "alice"
@@ -121,7 +126,7 @@ async def test_timeout_when_gerrit_hangs(password_file: Path) -> None:
             app = example_app(server.address, timeout=0.3)
             async with asgi_client(app) as client:
                 start = time.monotonic()
-                resp = await client.get("/me", headers={"authorization": basic("bob", "pw")})
+                resp = await client.get("/dashboard/me", headers={"authorization": basic("bob", "pw")})
                 elapsed = time.monotonic() - start
             await close_channels(app)
     finally:
@@ -144,13 +149,13 @@ async def test_uvicorn_http_and_websockets(authz: AuthzServer, gerrit: Any) -> N
         assert resp.json()["x-gerrit-username"] == "bob"
         assert resp.json()["x-gerrit-account-id"] == str(org.bob.account_id)
 
-        anonymous = await client.get("/me")
-        assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"].startswith("Bearer")
+        anonymous = await client.get("/dashboard/me")
+        assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"] == 'Basic realm="gerrit-authz"'
         denied = await client.get(SECRET_ARTIFACT, headers=as_user(org.carol))
         assert denied.status_code == 403 and denied.json()["rule"] == "read-artifacts"
         assert (await client.get("/healthz")).status_code == 200
 
-        ws_url = base.replace("http://", "ws://") + "/ws"
+        ws_url = base.replace("http://", "ws://") + "/dashboard/ws"
         async with connect(ws_url, additional_headers=as_user(org.bob)) as ws:
             assert json.loads(await ws.recv()) == {"hello": "bob"}
             await ws.send("ping")
@@ -161,8 +166,8 @@ async def test_uvicorn_http_and_websockets(authz: AuthzServer, gerrit: Any) -> N
                 pass
         response = rejected.value.response
         assert response.status_code == 401  # the real status, via the websocket.http.response extension
-        assert response.headers["www-authenticate"] == 'Bearer realm="gerrit-authz"'
-        assert json.loads(response.body)["rule"] == "signed-in"
+        assert response.headers["www-authenticate"] == 'Basic realm="gerrit-authz"'
+        assert json.loads(response.body)["rule"] == "dashboard"
 
         with pytest.raises(websockets.exceptions.InvalidStatus) as wrong:
             async with connect(ws_url, additional_headers={"authorization": basic("bob", "not-his")}):
@@ -179,14 +184,16 @@ async def test_uvicorn_503_when_the_service_is_stopped(gerrit: Any, password_fil
     app = example_app(server.address)
     async with uvicorn_server(app) as base, httpx.AsyncClient(base_url=base) as client:
         try:
-            assert (await client.get("/me", headers=as_user(gerrit.org.dave))).status_code == 200
+            assert (await client.get("/dashboard/me", headers=as_user(gerrit.org.dave))).status_code == 200
         finally:
             await server_cm.__aexit__(None, None, None)
-        resp = await client.get("/me", headers=as_user(gerrit.org.dave))
+        resp = await client.get("/dashboard/me", headers=as_user(gerrit.org.dave))
         assert resp.status_code == 503 and resp.json()["error"] == "authz_unavailable"
         assert (await client.get("/healthz")).status_code == 200
         with pytest.raises(websockets.exceptions.InvalidStatus) as rejected:
-            async with connect(base.replace("http://", "ws://") + "/ws", additional_headers=as_user(gerrit.org.dave)):
+            async with connect(
+                base.replace("http://", "ws://") + "/dashboard/ws", additional_headers=as_user(gerrit.org.dave)
+            ):
                 pass
         assert rejected.value.response.status_code == 503
 
@@ -237,7 +244,7 @@ def envoy_cases(org: Any) -> list[CheckRequest]:
         *cases,
         check_request("GET", ARTIFACT, {**accept, **as_user(org.bob)}, host=host),
         check_request("GET", SECRET_ARTIFACT, {**accept, **as_user(org.carol)}, host=host),
-        check_request("GET", "/me?verbose=1", accept, host=host),
+        check_request("GET", "/dashboard/me?verbose=1", accept, host=host),
         check_request(
             # httpx sends an empty POST with content-length: 0, and Envoy passes it on.
             "POST",

@@ -24,7 +24,7 @@ ARTIFACT = "/artifacts/platform%2Fbuild/-/main/out/app.tar"
 RULES = [
     {
         "name": "ci-artifacts",
-        "match": {"path": "/artifacts/{project}/-/{branch}/{file:path}"},
+        "match": {"path": "/artifacts/{project:path}/-/{branch}/{file:path}"},
         "require": {"permission": {"project": "{project}", "ref": "refs/heads/{branch}", "perm": "read"}},
     }
 ]

@@ -17,11 +17,13 @@ import httpx
 import pytest
 import pytest_asyncio
 from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption, QueryParameter
-from envoy.service.auth.v3.external_auth_pb2 import CheckResponse, OkHttpResponse
+from envoy.service.auth.v3.external_auth_pb2 import CheckResponse, DeniedHttpResponse, OkHttpResponse
+from envoy.type.v3.http_status_pb2 import HttpStatus
 from fastapi import FastAPI, Request
 from fastapi_support import asgi_client, closed_port, lifespan, middleware_of
 from google.protobuf.wrappers_pb2 import BoolValue
 from google.rpc.status_pb2 import Status as RpcStatus
+from opentelemetry.sdk.trace import TracerProvider
 from starlette.authentication import requires
 
 from fastapi_client import AuthzIdentity, AuthzMiddleware, AuthzUser, CurrentIdentity, OptionalIdentity
@@ -308,6 +310,68 @@ async def test_fail_open_lets_requests_through_unauthenticated(caplog: pytest.Lo
     assert first.json()["authenticated"] is False and first.json()["scopes"] == []
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "fail_open" in r.getMessage()]
     assert len(warnings) == 2  # one per request
+
+
+def undecided() -> CheckResponse:
+    """What gerrit-authz answers when Gerrit is unreachable: UNAVAILABLE with the 503 in ``error_response``."""
+    return CheckResponse(
+        status=RpcStatus(code=grpc.StatusCode.UNAVAILABLE.value[0], message="gerrit_unavailable"),
+        error_response=DeniedHttpResponse(
+            status=HttpStatus(code=503),
+            headers=[
+                HeaderValueOption(header=HeaderValue(key="content-type", value="application/json")),
+                HeaderValueOption(header=HeaderValue(key="retry-after", value="9")),
+            ],
+            body='{"error":"gerrit_unavailable","reason":"down","rule":"r","decision_id":"d9"}',
+        ),
+    )
+
+
+async def test_undecided_error_response_fails_closed_with_the_services_503(fake: FakeAuthorizer) -> None:
+    fake.respond(lambda req: undecided())
+    calls: list[str] = []
+    async with asgi_client(make_app(fake.target, calls=calls)) as client:
+        resp = await client.get("/x")
+    assert resp.status_code == 503
+    assert resp.headers["retry-after"] == "9"
+    assert resp.json()["error"] == "gerrit_unavailable"
+    assert calls == []
+
+
+async def test_undecided_error_response_is_let_through_only_with_fail_open(
+    fake: FakeAuthorizer, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.respond(lambda req: undecided())
+    with caplog.at_level(logging.WARNING, logger="fastapi_client.authz"):
+        async with asgi_client(make_app(fake.target, fail_open=True)) as client:
+            resp = await client.get("/x", headers={"x-gerrit-account-id": "1"})
+    assert resp.status_code == 200
+    assert resp.json()["authz"] == asdict(AuthzIdentity.anonymous())
+    assert not [k for k in headers_seen(resp) if k.startswith("x-gerrit-")]
+    assert any("gerrit_unavailable" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_definite_deny_stays_a_deny_with_fail_open(fake: FakeAuthorizer) -> None:
+    fake.deny(403, "no")
+    async with asgi_client(make_app(fake.target, fail_open=True)) as client:
+        assert (await client.get("/x")).status_code == 403
+    # A 503 sent as a plain deny (gerrit-authz with ``server.outages: deny``) is a deny too.
+    fake.respond(lambda req: CheckResponse(status=undecided().status, denied_response=undecided().error_response))
+    async with asgi_client(make_app(fake.target, fail_open=True)) as client:
+        resp = await client.get("/x")
+    assert resp.status_code == 503 and resp.headers["retry-after"] == "9"
+
+
+async def test_the_apps_trace_context_goes_in_the_grpc_metadata(fake: FakeAuthorizer) -> None:
+    fake.allow(account_id=1, username="alice")
+    tracer = TracerProvider().get_tracer("app")
+    async with asgi_client(make_app(fake.target)) as client:
+        await client.get("/x")  # no current span: no trace metadata
+        with tracer.start_as_current_span("app request") as span:
+            await client.get("/y")
+    assert "traceparent" not in fake.metadata[0]
+    ctx = span.get_span_context()
+    assert fake.metadata[1]["traceparent"] == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
 
 
 # -- what is not checked ----------------------------------------------------------------------------------------
