@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from ._cache import CachedGerrit, Generation
+from ._cache import CachedGerrit
 from ._engine import Authorizer
 from ._gerrit import GerritClient, make_http_client
 from ._identity import (
@@ -102,11 +102,10 @@ def build_components(
     http: httpx.AsyncClient | None = None,
     key: bytes | None = None,
     stats: RotationStats | None = None,
-    generation: Generation | None = None,
     tracing: Tracing | None = None,
 ) -> Components:
-    """Everything a decision needs. ``transport`` and ``store`` are seams for tests; ``http``, ``store``, ``key``
-    ``stats`` and ``generation`` (with the store) are also how a reload keeps what it may keep. With ``tracing``,
+    """Everything a decision needs. ``transport`` and ``store`` are seams for tests; ``http``, ``store`` (with
+    its generations), ``key`` and ``stats`` are also how a reload keeps what it may keep. With ``tracing``,
     identity verification and every HTTP request to Gerrit or a JWKS are child spans of the Check."""
     stats = stats or RotationStats()
     secret = service_secret(config, stats)
@@ -141,8 +140,6 @@ def build_components(
         config.cache.ttl,
         stale_if_error=config.cache.stale_if_error,
         secret=key,
-        tree=client,
-        generation=generation,
     )
     sources: list[IdentitySource] = []
     idp_http: list[httpx.AsyncClient] = []

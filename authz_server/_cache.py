@@ -1,17 +1,18 @@
-"""Caching around :class:`GerritFacts`: per-kind TTLs, negative caching, single-flight and stale-if-error.
+"""Caching around :class:`GerritFacts`: per-kind TTLs, negative caching, single-flight, stale-if-error, and
+invalidation by generations (:mod:`._generations`).
 
-An entry is stored as ``[payload, fresh_until, stale_until]``. While fresh it answers directly; once expired it
-is refreshed from Gerrit, and only if Gerrit could not be reached, timed out or answered 5xx/429 (a *transient*
-:class:`Unavailable`) is the expired answer reused (marked ``stale_cache`` in the trace) until ``stale_until``,
-after which the error surfaces as a 503. A definite answer from Gerrit, whatever it says, replaces the entry.
-Negative answers get ``stale_until == fresh_until``: a revoked right is never brought back by an outage.
-Concurrent lookups of one key share a single Gerrit request.
+An entry is fresh until ``fresh_until``; once expired it is refreshed from Gerrit, and only if Gerrit could not be
+reached, timed out or answered 5xx/429 (a *transient* :class:`Unavailable`) is the expired answer reused (marked
+``stale_cache`` in the trace) until ``stale_until``. A definite answer from Gerrit, whatever it says, replaces the
+entry. Negative answers get ``stale_until == fresh_until``: a revoked right is never brought back by an outage.
 
-Invalidation is complete. Every entry about an account (its identity mappings and verified credentials, whose
-keys cannot name it) has a ``ref|a=ID|`` entry pointing at it; a change cached under one spelling
-(``project~12``, a Change-Id) has a ``ref|n=12|`` one. A project's access answers are dropped with those of
-every project inheriting from it, walking parents learned from Gerrit at invalidation time (never on the Check
-path); when a parent cannot be learned the answers are dropped anyway.
+Every entry depends on scopes: what the request named (a claim's name, an account id, a change number) and what
+the answer says (the account's id, username and email; the change's number), plus the kind's broad scopes (every
+project's configuration for access answers, capabilities and changes; every group membership; ...). It is used,
+fresh or stale, only while none of them was bumped since its lookup *started*: an invalidated entry never comes
+back, not even as a stale answer during an outage. A lookup records its snapshot before asking Gerrit, and
+concurrent lookups are coalesced only under the same snapshot, so a Check that starts after an invalidation never
+joins a lookup that was in flight before it.
 """
 
 from __future__ import annotations
@@ -19,25 +20,52 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from ._accounts import AccountKey
+from ._accounts import AccountKey, account_key
 from ._deadline import Deadline
-from ._facts import CODECS, AccessResult, Account, ChangeInfo, Fact, GerritFacts, Group, ProjectTree
-from ._store import Store
+from ._facts import CODECS, AccessResult, Account, ChangeInfo, Fact, GerritFacts, Group
+from ._generations import (
+    CONFIG,
+    EVERY_ACCOUNT,
+    EVERY_CHANGE,
+    GROUPS,
+    Snapshot,
+    account_scope,
+    bucket,
+    change_scope,
+    name_scope,
+)
+from ._store import Entry, Store
 from .config import TtlConfig
 from .errors import Unavailable
 
-__all__ = ["ROOT_PROJECT", "CachedGerrit", "Generation"]
+__all__ = ["ROOT_PROJECT", "CachedGerrit", "scopes_of"]
 
 T = TypeVar("T")
 
 #: Every project inherits from it, and global capabilities live in its access rights.
 ROOT_PROJECT = "All-Projects"
-_MAX_DEPTH = 64  # Gerrit refuses deeper trees long before this; a longer walk is a loop
-_INVALIDATE_BUDGET = 10.0  # seconds for the parent lookups of one invalidation
+_RESOLVE_BUDGET = 5.0  # seconds to learn which account a name invalidation means
+_REFETCH = 3  # Gerrit requests for one lookup whose answers keep being overtaken by invalidations
+_MAX_KEY = 160  # longer keys are digested, so a key's size never grows with the request
+_MAX_TEXT = 300  # Gerrit's free-text messages (which may quote the request) are cut to this when cached
+_CHANGE_NUMBER = re.compile(r"(?:^|~)([1-9][0-9]{0,9})$")
+
+#: The broad scopes each kind depends on, whatever it is about.
+_BASE: dict[str, tuple[str, ...]] = {
+    "account": (EVERY_ACCOUNT,),
+    "credentials": (EVERY_ACCOUNT,),
+    "groups": (EVERY_ACCOUNT, GROUPS),
+    "capabilities": (EVERY_ACCOUNT, GROUPS, CONFIG),
+    "access": (EVERY_ACCOUNT, GROUPS, CONFIG),
+    # Labels and submit requirements come from the project's configuration and its parents'; a submit
+    # requirement may name groups (ownerin:, uploaderin:).
+    "change": (EVERY_CHANGE, CONFIG, GROUPS),
+}
 
 
 def _tag(name: str, value: object) -> str:
@@ -46,26 +74,49 @@ def _tag(name: str, value: object) -> str:
     return f"{name}={str(value).replace('%', '%25').replace('|', '%7C')}|"
 
 
-def _tag_value(key: str, name: str) -> str | None:
-    """The value of tag ``name`` in ``key`` (the inverse of :func:`_tag`)."""
-    start = key.find(f"|{name}=")
-    if start < 0:
-        return None
-    start += len(name) + 2
-    return key[start : key.index("|", start)].replace("%7C", "|").replace("%25", "%")
+def _key(kind: str, *tags: str) -> str:
+    key = kind + "|" + "".join(tags)
+    if len(key) <= _MAX_KEY:
+        return key
+    # '#' never starts a tag, so a digested key cannot equal a plain one.
+    return f"{kind}|#{hashlib.blake2b(key.encode(), digest_size=20).hexdigest()}"
 
 
-class Generation:
-    """How many invalidations a store has seen (see :attr:`CachedGerrit.generation`)."""
+def _account_scopes(account: Account | None) -> tuple[str, ...]:
+    if account is None:
+        return ()
+    names = {account.username, account.email} - {""}
+    return (account_scope(account.id), *(name_scope(n) for n in sorted(names)))
 
-    __slots__ = ("value",)
 
-    def __init__(self) -> None:
-        self.value = 0
+def _change_scopes(change: str) -> tuple[str, ...]:
+    m = _CHANGE_NUMBER.search(change)
+    return (change_scope(m.group(1)),) if m else ()
+
+
+def scopes_of(kind: str, requested: tuple[str, ...], value: Any) -> tuple[str, ...]:
+    """Every scope an answer of ``kind`` depends on: the kind's broad ones, what the request named, and what the
+    answer itself names (Gerrit's canonical account id and names, change number)."""
+    found: tuple[str, ...] = ()
+    if isinstance(value, Account):
+        found = _account_scopes(value)
+    elif isinstance(value, ChangeInfo):
+        found = (change_scope(value.number),)
+    return _BASE[kind] + requested + found
+
+
+def _trimmed(value: Any) -> Any:
+    if isinstance(value, AccessResult) and len(value.message) > _MAX_TEXT:
+        return AccessResult(value.allowed, value.message[:_MAX_TEXT])
+    return value
 
 
 class CachedGerrit:
-    """A :class:`GerritFacts` that answers from a :class:`Store` before asking ``inner``."""
+    """A :class:`GerritFacts` that answers from a :class:`Store` before asking ``inner``.
+
+    For a memo built on top (a cached decision): take :meth:`snapshot` before the decision's first lookup, collect
+    the ``scopes`` of every :class:`Fact` it used, and reuse it only while :meth:`is_current` says so.
+    """
 
     def __init__(
         self,
@@ -75,61 +126,96 @@ class CachedGerrit:
         *,
         stale_if_error: float,
         secret: bytes,
-        tree: ProjectTree | None = None,
         clock: Callable[[], float] = time.time,
-        generation: Generation | None = None,
     ) -> None:
-        """``tree`` tells project parents for invalidation (the Gerrit client); without it invalidating a
-        project drops the access answers of every other project too."""
         self._inner = inner
-        self._tree = tree
         self._store = store
         self._ttl = ttl
         self._stale = stale_if_error
         self._secret = secret
         self._clock = clock
-        self._encodes = bool(getattr(store, "encodes", True))
-        self._inflight: dict[str, asyncio.Future[Fact[Any]]] = {}
-        # Bumped by every invalidation: an answer fetched before one is handed out but never stored, since
-        # Gerrit may have changed after it answered. Shared by every cache over the same store (a reload's new
-        # cache and the old one still finishing its Checks).
-        self.generation = generation or Generation()
+        self._encodes = store.encodes
+        self._inflight: dict[tuple[str, Snapshot], asyncio.Future[Fact[Any]]] = {}
+
+    async def snapshot(self) -> Snapshot:
+        """The generations now: record it before a lookup whose result you keep."""
+        return await self._store.snapshot()
+
+    async def is_current(self, snapshot: Snapshot, scopes: tuple[str, ...]) -> bool:
+        """Whether no scope in ``scopes`` was invalidated since ``snapshot`` was taken (False when unknown)."""
+        return await self._holds(snapshot, tuple({bucket(s) for s in scopes}))
 
     async def _cached(
         self,
         kind: str,
         key: str,
+        requested: tuple[str, ...],
         negative: Callable[[Any], bool],
         fetch: Callable[[], Awaitable[Fact[T]]],
         deadline: Deadline,
     ) -> Fact[T]:
-        entry = await self._store.get(key)
+        entry, current, snapshot = await self._store.read(key)
         now = self._clock()
-        if entry is not None and now < entry[1]:
-            return Fact(self._decode(kind, entry[0]), "cache")
+        if entry is not None and current and now < entry.fresh_until:
+            value = self._decode(kind, entry.payload)
+            return Fact(value, "cache", scopes=scopes_of(kind, requested, value))
         try:
-            return await self._single_flight(kind, key, negative, fetch, deadline)
+            return await self._single_flight(kind, key, snapshot, requested, negative, fetch, deadline)
         except Unavailable as exc:
-            # Entries of an older layout ([payload, fresh_until]) carry no stale window.
-            if exc.transient and entry is not None and len(entry) > 2 and now < entry[2]:
-                return Fact(self._decode(kind, entry[0]), "stale_cache", detail=exc.reason)
+            # An entry that is not current was invalidated: it never stands in, not even during an outage (asked
+            # again: an invalidation may have landed while Gerrit was being asked).
+            usable = exc.transient and entry is not None and current and now < entry.stale_until
+            if usable and entry is not None and await self._holds(entry.snapshot, entry.buckets):
+                value = self._decode(kind, entry.payload)
+                return Fact(value, "stale_cache", detail=exc.reason, scopes=scopes_of(kind, requested, value))
             raise
+
+    async def _holds(self, snapshot: Snapshot, buckets: tuple[int, ...]) -> bool:
+        try:
+            return await self._store.current(snapshot, buckets)
+        except Unavailable:
+            return False  # unknown is not current
+
+    async def _fetch(
+        self, kind: str, requested: tuple[str, ...], snapshot: Snapshot, fetch: Callable[[], Awaitable[Fact[T]]]
+    ) -> tuple[Fact[T], Snapshot | None, tuple[int, ...]]:
+        """Gerrit's answer, with the snapshot to store it under (None: do not store it) and its slots.
+
+        An answer that an invalidation overtook may predate the change invalidated, so it is never used: it is
+        asked again under the new generations, at most :data:`_REFETCH` times.
+        """
+        for _ in range(_REFETCH):
+            fact = await fetch()
+            scopes = scopes_of(kind, requested, fact.value)
+            buckets = tuple({bucket(s) for s in scopes})
+            fact = Fact(fact.value, fact.source, fact.detail, scopes)
+            if snapshot.epoch == "":
+                return fact, None, buckets  # the shared store was unreadable: no invalidation can be told apart
+            try:
+                if await self._store.current(snapshot, buckets):
+                    return fact, snapshot, buckets
+            except Unavailable:
+                return fact, None, buckets  # as above (and Invalidate itself fails while the store does)
+            snapshot = await self._store.snapshot()
+        raise Unavailable("gerrit_unavailable", "Gerrit's answer was invalidated while it was fetched", transient=True)
 
     async def _single_flight(
         self,
         kind: str,
         key: str,
+        snapshot: Snapshot,
+        requested: tuple[str, ...],
         negative: Callable[[Any], bool],
         fetch: Callable[[], Awaitable[Fact[T]]],
         deadline: Deadline,
     ) -> Fact[T]:
-        future = self._inflight.get(key)
+        flight = (key, snapshot)
+        future = self._inflight.get(flight)
         if future is None:
             future = asyncio.get_running_loop().create_future()
-            self._inflight[key] = future
-            epoch = self.generation.value
+            self._inflight[flight] = future
             try:
-                fact = await fetch()
+                fact, stored_under, buckets = await self._fetch(kind, requested, snapshot, fetch)
             except BaseException as exc:
                 if isinstance(exc, Exception):
                     future.set_exception(exc)
@@ -138,19 +224,16 @@ class CachedGerrit:
                     future.cancel()
                 raise
             finally:
-                del self._inflight[key]
+                del self._inflight[flight]
             future.set_result(fact)
             is_negative = negative(fact.value)
             ttl = self._ttl.negative if is_negative else getattr(self._ttl, kind)
-            if ttl > 0 and epoch == self.generation.value:
+            if ttl > 0 and stored_under is not None:
                 keep = ttl if is_negative else ttl + self._stale
-                payload = CODECS[kind][0](fact.value) if self._encodes else fact.value
+                value = _trimmed(fact.value)
+                payload = CODECS[kind][0](value) if self._encodes else value
                 now = self._clock()
-                await self._store.set(key, [payload, now + ttl, now + keep], keep)
-                if isinstance(fact.value, Account):
-                    await self._remember(key, fact.value, keep)
-                elif isinstance(fact.value, ChangeInfo) and _tag_value(key, "c") != str(fact.value.number):
-                    await self._refer(_tag("n", fact.value.number), key, keep)
+                await self._store.write(key, Entry(payload, now + ttl, now + keep, stored_under, buckets), keep)
             return fact
         try:
             return await asyncio.wait_for(asyncio.shield(future), max(deadline.remaining(), 0))
@@ -161,33 +244,17 @@ class CachedGerrit:
             if not future.cancelled() or (task is not None and task.cancelling()):
                 raise
             # The owner's caller went away (its Check was cancelled), not ours: look it up again.
-            return await self._single_flight(kind, key, negative, fetch, deadline)
-
-    async def _remember(self, key: str, account: Account, ttl: float) -> None:
-        """Index a fetched account so ``invalidate(account=...)`` finds everything cached for it: its names
-        (username, email) map to the id, and the entry itself (an identity mapping keyed by the claim, or a
-        credential keyed by an HMAC) is referred to under the id."""
-        for name in {account.username, account.email.lower()} - {""}:
-            await self._store.set("alias|" + _tag("q", name), account.id, ttl)
-        await self._refer(_tag("a", account.id), key, ttl)
-
-    async def _refer(self, tag: str, key: str, ttl: float) -> None:
-        """Make ``key`` reachable from ``tag`` (a ``ref|`` entry whose value is the key)."""
-        await self._store.set("ref|" + tag + _tag("k", key), key, ttl)
-
-    async def _referred(self, tag: str) -> list[str]:
-        """The ``ref|`` entries carrying ``tag`` and the keys they point at."""
-        refs = [k for k in await self._store.keys_tagged(tag) if k.startswith("ref|")]
-        targets = [t for t in [await self._store.get(r) for r in refs] if isinstance(t, str)]
-        return refs + targets
+            return await self._single_flight(kind, key, snapshot, requested, negative, fetch, deadline)
 
     def _decode(self, kind: str, payload: Any) -> Any:
         return CODECS[kind][1](payload) if self._encodes else payload
 
     async def account(self, key: AccountKey, deadline: Deadline) -> Fact[Account | None]:
+        named = account_scope(key.value) if key.field == "account_id" else name_scope(key.value)
         return await self._cached(
             "account",
-            "account|" + _tag("f", key.field) + _tag("q", key.value),
+            _key("account", _tag("f", key.field), _tag("q", key.value)),
+            (named,),
             lambda v: v is None,
             lambda: self._inner.account(key, deadline),
             deadline,
@@ -198,7 +265,8 @@ class CachedGerrit:
         digest = hmac.new(self._secret, f"{username}\0{password}".encode(), hashlib.sha256).hexdigest()
         return await self._cached(
             "credentials",
-            "credentials|" + _tag("h", digest),
+            _key("credentials", _tag("h", digest)),
+            (name_scope(username),),
             lambda v: v is None,
             lambda: self._inner.verify_credentials(username, password, deadline),
             deadline,
@@ -207,7 +275,8 @@ class CachedGerrit:
     async def groups(self, account_id: int, deadline: Deadline) -> Fact[tuple[Group, ...]]:
         return await self._cached(
             "groups",
-            "groups|" + _tag("a", account_id),
+            _key("groups", _tag("a", account_id)),
+            (account_scope(account_id),),
             lambda v: False,
             lambda: self._inner.groups(account_id, deadline),
             deadline,
@@ -216,11 +285,12 @@ class CachedGerrit:
     async def check_access(
         self, project: str, account_id: int, ref: str, perm: str, deadline: Deadline
     ) -> Fact[AccessResult]:
-        key = "access|" + _tag("a", account_id) + _tag("p", project) + _tag("r", ref) + _tag("perm", perm)
+        key = _key("access", _tag("a", account_id), _tag("p", project), _tag("r", ref), _tag("perm", perm))
         # A denial is cached as a negative answer: a newly granted right takes effect within ttl.negative.
         return await self._cached(
             "access",
             key,
+            (account_scope(account_id),),
             lambda v: not v.allowed,
             lambda: self._inner.check_access(project, account_id, ref, perm, deadline),
             deadline,
@@ -229,7 +299,8 @@ class CachedGerrit:
     async def capabilities(self, account_id: int, deadline: Deadline) -> Fact[frozenset[str]]:
         return await self._cached(
             "capabilities",
-            "capabilities|" + _tag("a", account_id),
+            _key("capabilities", _tag("a", account_id)),
+            (account_scope(account_id),),
             lambda v: False,
             lambda: self._inner.capabilities(account_id, deadline),
             deadline,
@@ -238,85 +309,27 @@ class CachedGerrit:
     async def change(self, change_id: str, deadline: Deadline) -> Fact[ChangeInfo | None]:
         return await self._cached(
             "change",
-            "change|" + _tag("c", change_id),
+            _key("change", _tag("c", change_id)),
+            _change_scopes(change_id),
             lambda v: v is None,
             lambda: self._inner.change(change_id, deadline),
             deadline,
         )
 
-    async def _invalidate_account(self, account: str) -> int:
-        account_ids = {account}
-        # A username or email names the account through an alias, a cached identity mapping or both.
-        for name in {account, account.lower()}:
-            alias = await self._store.get("alias|" + _tag("q", name))
-            if alias is not None:
-                account_ids.add(str(alias))
-        keys = await self._store.keys_tagged(_tag("q", account)[:-1])
-        for key in keys:
-            entry = await self._store.get(key) if key.startswith("account|") else None
-            if entry is not None and (known := self._decode("account", entry[0])) is not None:
-                account_ids.add(str(known.id))
-        for value in account_ids:
-            keys += await self._store.keys_tagged(_tag("a", value)[:-1])
-            # Identity mappings and credentials (a revoked password must stop working now, not at its TTL).
-            keys += await self._referred(_tag("a", value)[:-1])
-        return await self._store.delete_keys(sorted(set(keys)))
-
-    async def _invalidate_project(self, project: str) -> int:
-        if project == ROOT_PROJECT:
-            keys = await self._store.keys_tagged("access") + await self._store.keys_tagged("capabilities")
-            keys += await self._store.keys_tagged("parent")
-            return await self._store.delete_keys(sorted(set(keys)))
-        # Its own answers, and its cached parent (an access change may have moved it in the tree; not counted).
-        own = await self._store.keys_tagged(_tag("p", project)[:-1])
-        removed = await self._store.delete_keys([k for k in own if not k.startswith("parent|")])
-        await self._store.delete_keys([k for k in own if k.startswith("parent|")])
-        by_project: dict[str, list[str]] = {}
-        for key in await self._store.keys_tagged("access"):
-            name = _tag_value(key, "p")
-            if name is not None:
-                by_project.setdefault(name, []).append(key)
-        deadline = Deadline.after(_INVALIDATE_BUDGET)
-        parents: dict[str, str | None] = {}
-        doomed = [
-            key
-            for name, keys in by_project.items()
-            if await self._inherits(name, project, parents, deadline)
-            for key in keys
-        ]
-        return removed + await self._store.delete_keys(doomed)
-
-    async def _inherits(self, name: str, ancestor: str, parents: dict[str, str | None], deadline: Deadline) -> bool:
-        """Whether ``name`` inherits from ``ancestor``; True when that cannot be told (drop rather than keep)."""
-        for _ in range(_MAX_DEPTH):
-            if name == ROOT_PROJECT:
-                return False
-            if name not in parents:
-                try:
-                    parents[name] = await self._parent(name, deadline)
-                except Unavailable:
-                    return True
-            parent = parents[name]
-            if parent is None:
-                return False
-            if parent == ancestor:
-                return True
-            name = parent
-        return True
-
-    async def _parent(self, project: str, deadline: Deadline) -> str | None:
-        if self._tree is None:
-            raise Unavailable("gerrit_unavailable", "no project tree to ask")
-        key = "parent|" + _tag("p", project)
-        entry = await self._store.get(key)
-        if entry is not None:
-            return entry[0] if isinstance(entry, list) else None
-        epoch = self.generation.value
-        parent = await self._tree.project_parent(project, deadline)
-        ttl = self._ttl.access
-        if ttl > 0 and epoch == self.generation.value:  # a reparenting event may have landed meanwhile
-            await self._store.set(key, [parent], ttl)
-        return parent
+    async def _account_scopes(self, account: str) -> set[str]:
+        """What invalidating ``account`` (an id, a username or an email) bumps: the name as given, and the one
+        account Gerrit says carries it now (its cached answers may predate a rename). When Gerrit cannot name
+        exactly one (unreachable, no account, several, a name it folds in ways not checked here), every account:
+        an entry keyed by an id it cannot tell must not survive."""
+        if account.isdigit():
+            return {account_scope(account), name_scope(account)}
+        scopes = {name_scope(account)}
+        key = account_key("email" if "@" in account else "username", account)
+        try:
+            found = None if key is None else (await self._inner.account(key, Deadline.after(_RESOLVE_BUDGET))).value
+        except Unavailable:
+            found = None
+        return scopes | (set(_account_scopes(found)) if found is not None else {EVERY_ACCOUNT})
 
     async def invalidate(
         self,
@@ -327,21 +340,27 @@ class CachedGerrit:
         change: str | None = None,
         everything: bool = False,
     ) -> int:
-        """Drop cached answers; returns how many entries were removed (-1 when the whole store was cleared)."""
-        self.generation.value += 1
+        """Make cached answers miss, on every replica sharing the store, before returning.
+
+        Returns how many scopes were bumped (-1 for everything): entries are not searched, so not counted.
+        :class:`Unavailable` when the shared store cannot be updated (the entries may still be served).
+        """
         if everything:
-            await self._store.clear()
+            await self._store.bump_all()
             return -1
-        removed = 0
+        scopes: set[str] = set()
         if account is not None:
-            removed += await self._invalidate_account(account)
+            scopes |= await self._account_scopes(account)
         if project is not None:
-            removed += await self._invalidate_project(project)
+            # Its access answers, those of every project inheriting from it, and its changes (labels and submit
+            # requirements): every project's, whatever spelling (web.git, web) they were fetched under.
+            scopes.add(CONFIG)
         if group is not None:
-            # Membership is cached per account, so any account may be affected.
-            removed += await self._store.delete_tagged("groups")
+            scopes.add(GROUPS)  # memberships are cached per account, so any account may be affected
         if change is not None:
-            keys = await self._store.keys_tagged(_tag("c", change)[:-1])
-            keys += await self._referred(_tag("n", change)[:-1])
-            removed += await self._store.delete_keys(sorted(set(keys)))
-        return removed
+            # A number (or project~number) reaches every spelling through the answer's number; a Change-Id
+            # cannot be told apart from its number here, so every change is dropped.
+            scopes.update(_change_scopes(change) or (EVERY_CHANGE,))
+        if scopes:
+            await self._store.bump(tuple({bucket(s) for s in scopes}))
+        return len(scopes)

@@ -1,9 +1,12 @@
 """What one ``gerrit stream-events`` line means for the cache: a pure mapping from event JSON to invalidations.
 
-Only what a decision is made of matters: a project's access rights (``refs/meta/config``), group membership and
-accounts (refs in All-Users), and changes (status, votes, visibility). Everything else (comments without votes,
-reviewers, hashtags, branch pushes) is ignored. A line that is not a JSON object is :class:`MalformedEvent`;
-an object of an unknown type maps to nothing.
+Only what a decision is made of matters: a project's access rights, labels and submit requirements
+(``refs/meta/config``), group membership and accounts (refs in All-Users), and changes (status, votes,
+visibility). Everything else (comments without votes, reviewers, hashtags, branch pushes) is ignored.
+``dropped-output`` (Gerrit dropped events for a slow reader) means anything may have changed: everything.
+``batch-ref-updated`` is read like each ``ref-updated`` it carries; one whose updates cannot be read drops
+everything. A line that is not a JSON object is :class:`MalformedEvent`; an object of an unknown type maps to
+nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +16,16 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["ALL_USERS", "CHANGE_EVENTS", "Invalidation", "MalformedEvent", "event_type", "invalidations", "parse_line"]
+__all__ = [
+    "ALL_USERS",
+    "CHANGE_EVENTS",
+    "DROPPED_OUTPUT",
+    "Invalidation",
+    "MalformedEvent",
+    "event_type",
+    "invalidations",
+    "parse_line",
+]
 
 ALL_USERS = "All-Users"
 #: Change events after which a cached change (status, labels, private / WIP state) may be wrong.
@@ -34,6 +46,9 @@ CHANGE_EVENTS = frozenset(
 # NoteDb sharding: refs/users/45/1000045, refs/groups/ab/abcdef..., refs/changes/45/12345/meta
 _USER_REF = re.compile(r"^refs/users/\d{2}/(\d+)$")
 _CHANGE_META_REF = re.compile(r"^refs/changes/\d{2}/(\d+)/meta$")
+
+#: Gerrit's marker that it dropped events queued for this (slow) reader.
+DROPPED_OUTPUT = "dropped-output"
 
 Kind = Literal["project", "group", "account", "change", "everything"]
 
@@ -74,7 +89,8 @@ def _ref_updated(update: Any) -> list[Invalidation]:
     if not isinstance(project, str) or not isinstance(ref, str):
         return []
     if ref == "refs/meta/config":
-        # Access rights, the parent, labels and submit requirements: the project and everything inheriting.
+        # Access rights, the parent, labels and submit requirements: the project, everything inheriting, and their
+        # cached changes (the cache drops all of them together).
         return [Invalidation("project", project)]
     if m := _CHANGE_META_REF.match(ref):
         # Every change update is a NoteDb commit, including those no change event reports.
@@ -95,8 +111,20 @@ def _ref_updated(update: Any) -> list[Invalidation]:
 def invalidations(event: dict[str, Any]) -> list[Invalidation]:
     """The invalidations ``event`` calls for (none for an event that changes nothing a decision uses)."""
     kind = event_type(event)
+    if kind == DROPPED_OUTPUT:
+        return [Invalidation("everything")]
     if kind == "ref-updated":
         return _ref_updated(event.get("refUpdate"))
+    if kind == "batch-ref-updated":
+        updates = event.get("refUpdates")
+        if not isinstance(updates, list):
+            return [Invalidation("everything")]  # a batch we cannot read may have held anything
+        found: list[Invalidation] = []
+        for update in updates:
+            for item in _ref_updated(update):
+                if item not in found:
+                    found.append(item)
+        return found
     if kind in CHANGE_EVENTS:
         change = event.get("change")
         number = change.get("number") if isinstance(change, dict) else None

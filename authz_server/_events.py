@@ -5,6 +5,12 @@ while the stream is down entries still expire on their TTLs, health is untouched
 outage says so. Events may have been missed during a gap, so every (re)connection starts by clearing the cache,
 after the stream is open: nothing cached before it can outlive it.
 
+Lines are read as fast as Gerrit sends them into a bounded backlog, and applied from it by a second task, so a slow
+store never makes this reader slow (Gerrit drops events for slow readers and says so with ``dropped-output``, which
+drops everything). When the backlog is full the follower does not fall behind: it discards what is queued and drops
+everything instead (counted as dropped events). Each applied event costs the same whatever the cache holds (a
+generation bump, :mod:`._generations`).
+
 The private key and ``known_hosts`` are read at every connection attempt, so a rotated key (or host key) is
 used from the next connection on without a restart.
 """
@@ -16,10 +22,10 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from ._event_map import Invalidation, MalformedEvent, event_type, invalidations, parse_line
+from ._event_map import DROPPED_OUTPUT, Invalidation, MalformedEvent, event_type, invalidations, parse_line
 from ._facts import Invalidator
 from ._ssh import asyncssh
 from .config import EventsConfig
@@ -31,6 +37,8 @@ log = logging.getLogger("gerrit_authz.events")
 _COMMAND = "gerrit stream-events"
 _STABLE = 30.0  # a connection that lasted this long resets the backoff
 _MAX_LINE = 1 << 20  # Gerrit's events are a few KB; a longer line is not one
+BACKLOG = 1000  # lines read but not applied yet; beyond it, everything is dropped rather than fall behind
+_OVERFLOW = b""  # queued in place of a discarded backlog: drop everything
 
 
 class StreamObserver(Protocol):
@@ -40,6 +48,11 @@ class StreamObserver(Protocol):
     def event(self, kind: str) -> None: ...
     def invalidation(self, kind: str) -> None: ...
     def reconnect(self) -> None: ...
+    def dropped(self, reason: str, count: int) -> None:
+        """``count`` events were lost: ``gerrit`` (Gerrit's dropped-output) or ``backlog`` (ours, discarded)."""
+        ...
+
+    def backlog(self, size: int) -> None: ...
 
 
 class _NoObserver:
@@ -53,6 +66,12 @@ class _NoObserver:
         pass
 
     def reconnect(self) -> None:
+        pass
+
+    def dropped(self, reason: str, count: int) -> None:
+        pass
+
+    def backlog(self, size: int) -> None:
         pass
 
 
@@ -87,6 +106,7 @@ class EventFollower:
         observer: StreamObserver | None = None,
         rng: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.monotonic,
+        backlog: int = BACKLOG,
     ) -> None:
         """Reads the key and ``known_hosts`` once now, so a deployment mistake fails at start (exit 2)."""
         load_client_key(config)
@@ -96,6 +116,7 @@ class EventFollower:
         self._observer = observer or _NoObserver()
         self._rng = rng
         self._clock = clock
+        self._backlog = backlog
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncssh.SSHClientConnection | None = None
         self._outage = False
@@ -195,12 +216,59 @@ class EventFollower:
                 log.info("gerrit events: following stream-events on %s:%d", cfg.host, cfg.port)
             self._outage = False
             stdout: Any = process.stdout
-            while line := await stdout.readline():
-                await self.handle_line(line[:_MAX_LINE])
+            await self.follow(stdout.readline)
             status = process.exit_status
             error = (await process.stderr.read())[:300] if process.stderr is not None else b""
             if status:
                 raise ConnectionError(f"stream-events exited {status}: {error.decode(errors='replace').strip()}")
+
+    async def follow(self, readline: Callable[[], Awaitable[bytes]]) -> None:
+        """Read lines until the stream ends, applying them from a bounded backlog (see the module docstring).
+        Returns once every line read was applied; raises what applying raised (the session then ends)."""
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        applier = asyncio.create_task(self._apply_queue(queue), name="gerrit-events-apply")
+        reader = asyncio.current_task()
+
+        def stop_reading(task: asyncio.Task[None]) -> None:
+            # An applier that failed (the store cannot even be cleared) ends the session now, even on a quiet stream.
+            if not task.cancelled() and task.exception() is not None and reader is not None:
+                reader.cancel()
+
+        applier.add_done_callback(stop_reading)
+        try:
+            while line := await readline():
+                if queue.qsize() >= self._backlog:
+                    discarded = 0
+                    while not queue.empty():
+                        discarded += queue.get_nowait() is not _OVERFLOW
+                        queue.task_done()
+                    log.warning("gerrit events: %d events behind; cache cleared instead", discarded + 1)
+                    self._observer.dropped("backlog", discarded + 1)
+                    queue.put_nowait(_OVERFLOW)
+                else:
+                    queue.put_nowait(line[:_MAX_LINE])
+                self._observer.backlog(queue.qsize())
+            queue.put_nowait(None)
+            await applier
+        except asyncio.CancelledError:
+            if applier.done() and not applier.cancelled() and (failure := applier.exception()) is not None:
+                if reader is not None:
+                    reader.uncancel()  # our own cancel, not the caller's
+                raise failure from None
+            raise
+        finally:
+            applier.remove_done_callback(stop_reading)
+            applier.cancel()
+            self._observer.backlog(0)
+
+    async def _apply_queue(self, queue: asyncio.Queue[bytes | None]) -> None:
+        while (line := await queue.get()) is not None:
+            if line is _OVERFLOW:
+                await self._apply(Invalidation("everything"))
+            else:
+                await self.handle_line(line)
+            queue.task_done()
+            self._observer.backlog(queue.qsize())
 
     async def handle_line(self, line: bytes | str) -> list[Invalidation]:
         """Apply one stream line. Returns what was invalidated.
@@ -217,7 +285,11 @@ class EventFollower:
             todo = [Invalidation("everything")]
         else:
             self.last_event = self._clock()
-            self._observer.event(event_type(event) or "(none)")
+            kind = event_type(event)
+            self._observer.event(kind or "(none)")
+            if kind == DROPPED_OUTPUT:
+                log.warning("gerrit events: Gerrit dropped events for this reader; cache cleared")
+                self._observer.dropped("gerrit", 1)
             todo = invalidations(event)
         for item in todo:
             await self._apply(item)

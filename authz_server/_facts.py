@@ -26,7 +26,6 @@ __all__ = [
     "Group",
     "Invalidator",
     "LabelVotes",
-    "ProjectTree",
     "Source",
 ]
 
@@ -78,6 +77,9 @@ class Fact(Generic[T]):
     value: T
     source: Source = "gerrit"
     detail: str = ""
+    #: The generation scopes the answer depends on (set by the cache; see :mod:`._generations`): a memo of a
+    #: decision made from it is current only while none of them was bumped.
+    scopes: tuple[str, ...] = ()
 
 
 class GerritFacts(Protocol):
@@ -98,14 +100,6 @@ class GerritFacts(Protocol):
     async def capabilities(self, account_id: int, deadline: Deadline) -> Fact[frozenset[str]]: ...
 
     async def change(self, change_id: str, deadline: Deadline) -> Fact[ChangeInfo | None]: ...
-
-
-class ProjectTree(Protocol):
-    """Where a project inherits its access rights from (asked when invalidating, never on the Check path)."""
-
-    async def project_parent(self, project: str, deadline: Deadline) -> str | None:
-        """The parent's name; None for the root (All-Projects) and for a project that does not exist."""
-        ...
 
 
 class Invalidator(Protocol):

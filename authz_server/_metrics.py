@@ -101,6 +101,16 @@ class StreamMetrics:
         self._reconnects = Counter(
             "gerrit_authz_events_reconnects", "Attempts to reconnect to the event stream.", registry=registry
         )
+        self._dropped = Counter(
+            "gerrit_authz_events_dropped",
+            "Stream events lost, each time followed by dropping every cached answer: by Gerrit for a slow reader"
+            " (reason=gerrit, dropped-output) or discarded from a full backlog (reason=backlog).",
+            ["reason"],
+            registry=registry,
+        )
+        self._backlog = Gauge(
+            "gerrit_authz_events_backlog", "Stream events read but not applied yet.", registry=registry
+        )
         since = Gauge(
             "gerrit_authz_events_seconds_since_last_event",
             "Seconds since the last stream event (-1 before the first).",
@@ -121,6 +131,12 @@ class StreamMetrics:
 
     def reconnect(self) -> None:
         self._reconnects.inc()
+
+    def dropped(self, reason: str, count: int) -> None:
+        self._dropped.labels(reason).inc(count)
+
+    def backlog(self, size: int) -> None:
+        self._backlog.set(size)
 
 
 class _OperationsCollector(Collector):

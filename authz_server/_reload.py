@@ -115,17 +115,16 @@ class LiveRuntime:
         if store is None:
             store = new_store(config)
             if not same_gerrit and config.cache.backend == "redis":
-                await store.clear()  # answers about another Gerrit (or for another account) are not ours
+                await store.bump_all()  # answers about another Gerrit (or for another account) are not ours
         key = old.credential_key if old.config.cache.credential_key_file == config.cache.credential_key_file else None
         new = build_components(
             config,
+            # A kept store keeps its generations: an invalidation through the new cache also keeps the old one,
+            # still finishing its Checks, from storing or serving what it fetched before.
             store=store,
             http=old.http if same_http else None,
             key=key,
             stats=old.stats,
-            # One invalidation count per store: an invalidation through the new cache also keeps the old one,
-            # still finishing its Checks, from storing what it fetched before.
-            generation=old.cache.generation if keep_store else None,
             tracing=old.tracing,
         )
         self._current = new

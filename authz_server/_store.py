@@ -1,112 +1,222 @@
-"""Key-value stores for cached Gerrit answers, on aiocache: process memory (default) or a shared Redis.
+"""Where cached Gerrit answers and their generations live: process memory (default) or a shared Redis.
 
-Keys look like ``groups|a=1000000|``: a kind, then ``tag=value|`` pairs, so that invalidation can drop every key
-carrying one tag (``|a=1000000|``) on either backend. Redis failures are contained here: a broken Redis reads
-as a miss and a failed write is dropped, so an outage degrades to Gerrit lookups, never to a crash or an allow.
+A store holds :class:`Entry` values under opaque keys and the generation table of :mod:`._generations`. Reading an
+entry also says whether it is *current* (none of its scopes bumped since its lookup started) and hands out the
+snapshot a lookup starting now must record; with Redis that is one round trip (a Lua script reads the table and
+the entry together), so every replica sees a bump before its next read.
+
+Nothing is ever searched: invalidation bumps generations, and entries that are no longer current simply miss
+until the LRU (memory) or their TTL (Redis) reclaims them. Redis failures are contained here: a broken Redis
+reads as a miss whose snapshot is never current (so nothing fetched meanwhile is served from the store later),
+a failed write is dropped, and a bump that fails raises :class:`Unavailable` (Invalidate must not pretend).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import re
+import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aiocache import SimpleMemoryCache
-from aiocache.serializers import StringSerializer
-
+from ._generations import MemoryGenerations, Snapshot, new_epoch
 from ._redis_conn import RedisConnection, redis_cache_options
 from .errors import Unavailable
 
-__all__ = ["MemoryStore", "RedisStore", "Store", "make_store"]
+__all__ = ["Entry", "MemoryStore", "RedisStore", "Store", "make_store"]
 
 log = logging.getLogger("gerrit_authz.cache")
-_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+_NEVER = Snapshot("", -1)  # a snapshot no table ever matches
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One cached answer: its payload, until when it is fresh and may stand in during an outage, the snapshot its
+    lookup started under, and the generation slots of the scopes it depends on."""
+
+    payload: Any
+    fresh_until: float
+    stale_until: float
+    snapshot: Snapshot
+    buckets: tuple[int, ...]
 
 
 class Store(Protocol):
-    """Where entries live. Values are what the cache layer hands in (JSON-able for Redis)."""
+    """Entries and the generation table they are checked against."""
 
-    async def get(self, key: str) -> Any | None: ...
+    #: Whether payloads must be JSON-able (Redis) rather than kept as Python objects (memory).
+    encodes: bool
 
-    async def set(self, key: str, value: Any, ttl: float) -> None: ...
-
-    async def keys_tagged(self, tag: str) -> list[str]:
-        """Every key containing ``|tag|`` (or, for a kind, starting with ``tag|``)."""
+    async def read(self, key: str) -> tuple[Entry | None, bool, Snapshot]:
+        """The entry under ``key`` (or None), whether it is current, and the snapshot of a lookup starting now."""
         ...
 
-    async def delete_keys(self, keys: list[str]) -> int: ...
-
-    async def delete_tagged(self, tag: str) -> int:
-        """Drop every key :meth:`keys_tagged` finds; returns the count."""
+    async def write(self, key: str, entry: Entry, ttl: float) -> None:
+        """Keep ``entry`` for ``ttl`` seconds (dropped, not raised, when the store fails)."""
         ...
 
-    async def clear(self) -> None: ...
+    async def snapshot(self) -> Snapshot: ...
+
+    async def current(self, snapshot: Snapshot, buckets: Sequence[int]) -> bool:
+        """Whether none of ``buckets`` was bumped since ``snapshot`` was taken; :class:`Unavailable` when the
+        store cannot tell."""
+        ...
+
+    async def bump(self, buckets: Sequence[int]) -> None:
+        """Make every entry depending on one of ``buckets`` miss; :class:`Unavailable` when that cannot be done."""
+        ...
+
+    async def bump_all(self) -> None:
+        """Make every entry miss (a new epoch)."""
+        ...
 
     async def close(self) -> None: ...
 
 
 class MemoryStore:
-    """Per-process store; values are kept as Python objects (no serialisation on the hot path).
+    """Per-process store: one ordered dict as the LRU (no timer per entry), values kept as Python objects.
 
-    At most ``max_entries`` entries are held, the least recently used evicted first, so that no stream of
-    distinct bogus credentials or unknown projects can grow the process without bound.
+    At most ``max_entries`` entries are held, least recently used evicted first. Keys are bounded in length by the
+    cache (long parts are digested), so ``max_entries`` bounds the memory whatever the requests.
     """
 
-    def __init__(self, max_entries: int = 100_000) -> None:
-        # timeout=0: no asyncio.wait_for around dict operations (it would cost a task per lookup).
-        self._cache = SimpleMemoryCache(timeout=0)
+    encodes = False
+
+    def __init__(self, max_entries: int = 100_000, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._max = max_entries
-        # Recency order. It may also hold keys aiocache has since expired; those leave it as they reach its front,
-        # so it is bounded by max_entries too.
-        self._order: OrderedDict[str, None] = OrderedDict()
-        self.encodes = False
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[Entry, float]] = OrderedDict()
+        self.generations = MemoryGenerations()
 
-    async def get(self, key: str) -> Any | None:
-        # Hot path (every cached fact of every Check): read aiocache's dict directly. SimpleMemoryCache.get
-        # adds only its decorator stack (env lookup, timeout, plugins, timing, debug log) around the same
-        # dict.get: no namespace, NullSerializer, expiry by call_later deletion. Writes still go through it.
-        value = self._cache._cache.get(key)
-        if value is not None:
-            self._order.move_to_end(key)
-        return value
+    async def read(self, key: str) -> tuple[Entry | None, bool, Snapshot]:
+        gens = self.generations
+        item = self._entries.get(key)
+        if item is None:
+            return None, False, gens.snapshot
+        entry, expires = item
+        if expires <= self._clock():
+            del self._entries[key]
+            return None, False, gens.snapshot
+        self._entries.move_to_end(key)
+        return entry, gens.current(entry.snapshot, entry.buckets), gens.snapshot
 
-    async def set(self, key: str, value: Any, ttl: float) -> None:
-        await self._cache.set(key, value, ttl=ttl)
-        self._order[key] = None
-        self._order.move_to_end(key)
-        while len(self._order) > self._max:
-            oldest, _ = self._order.popitem(last=False)
-            if oldest in self._cache._cache:
-                await self._cache.delete(oldest)
+    async def write(self, key: str, entry: Entry, ttl: float) -> None:
+        if not self.generations.current(entry.snapshot, entry.buckets):
+            return  # fetched before an invalidation: keep whatever is there (it may be newer)
+        entries = self._entries
+        entries[key] = (entry, self._clock() + ttl)
+        entries.move_to_end(key)
+        while len(entries) > self._max:
+            entries.popitem(last=False)
 
-    async def keys_tagged(self, tag: str) -> list[str]:
-        return [k for k in list(self._cache._cache) if f"|{tag}|" in k or k.startswith(f"{tag}|")]
+    async def snapshot(self) -> Snapshot:
+        return self.generations.snapshot
 
-    async def delete_keys(self, keys: list[str]) -> int:
-        removed = 0
-        for key in keys:
-            self._order.pop(key, None)
-            removed += int(await self._cache.delete(key))
-        return removed
+    async def current(self, snapshot: Snapshot, buckets: Sequence[int]) -> bool:
+        return self.generations.current(snapshot, buckets)
 
-    async def delete_tagged(self, tag: str) -> int:
-        return await self.delete_keys(await self.keys_tagged(tag))
+    async def bump(self, buckets: Sequence[int]) -> None:
+        self.generations.bump(buckets)
 
-    async def clear(self) -> None:
-        self._order.clear()
-        await self._cache.clear()
+    async def bump_all(self) -> None:
+        self.generations.bump_all()
+        # Unreachable now; freeing them is cheap here (one C-level clear), and keeps the memory for live answers.
+        self._entries.clear()
 
     async def close(self) -> None:
-        await self._cache.close()
+        self._entries.clear()
 
     def __len__(self) -> int:
-        return len(self._cache._cache)
+        return len(self._entries)
+
+    def held(self) -> list[str]:
+        """The keys held (for tests and benchmarks)."""
+        return list(self._entries)
+
+
+# KEYS[1]: the generation hash, KEYS[2]: the entry. ARGV[1]: an epoch to start if the table was lost.
+# Returns {epoch, clock} and, when the entry exists, the entry and the generations of the slots its header names
+# (a missing slot in a live table was never bumped in this epoch: "0").
+_READ = """
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then
+  redis.call('HSET', KEYS[1], 'e', ARGV[1])
+  e = ARGV[1]
+end
+local c = redis.call('HGET', KEYS[1], 'c') or '0'
+if KEYS[2] == '' then return {e, c} end
+local v = redis.call('GET', KEYS[2])
+if not v then return {e, c} end
+local nl = string.find(v, '\\n', 1, true)
+if not nl then return {e, c, v} end
+local fields = {}
+for f in string.gmatch(string.sub(v, 1, nl - 1), '[^ ,]+') do fields[#fields + 1] = f end
+local out = {e, c, v}
+local n = #fields - 2
+if n > 0 then
+  local g = redis.call('HMGET', KEYS[1], unpack(fields, 3))
+  for i = 1, n do out[3 + i] = g[i] or '0' end
+end
+return out
+"""
+
+# KEYS[1]: the generation hash. ARGV[1]: an epoch to start if the table was lost; ARGV[2..]: slots to bump.
+_BUMP = """
+if redis.call('HEXISTS', KEYS[1], 'e') == 0 then redis.call('HSET', KEYS[1], 'e', ARGV[1]) end
+local c = redis.call('HINCRBY', KEYS[1], 'c', 1)
+for i = 2, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], c) end
+return c
+"""
+
+# KEYS[1]: the generation hash. ARGV[1]: the new epoch. ARGV[2..]: slots whose generations are wanted.
+_CURRENT = """
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then return {false} end
+if #ARGV < 2 then return {e} end
+local g = redis.call('HMGET', KEYS[1], unpack(ARGV, 2))
+local out = {e}
+for i = 1, #ARGV - 1 do out[1 + i] = g[i] or '0' end
+return out
+"""
+
+
+def _redis_connection(url: str, namespace: str, op_timeout: float, connection: RedisConnection | None) -> Any:
+    """The aiocache Redis backend for ``url`` (its ``client`` is the redis-py connection pool we talk through)."""
+    # Imported here, not at module level: aiocache has RedisCache only with the `redis` extra installed,
+    # and the memory backend must work without it.
+    from aiocache.backends.redis import RedisCache
+
+    return RedisCache(
+        # Address, TLS and credentials: see _redis_conn.
+        **redis_cache_options(url, connection),
+        namespace=namespace,
+        timeout=op_timeout,
+        create_connection_timeout=op_timeout,
+    )
+
+
+def _encode(entry: Entry) -> str:
+    s = entry.snapshot
+    head = f"{s.epoch} {s.clock} " + ",".join(map(str, entry.buckets))
+    return head + "\n" + json.dumps([entry.payload, entry.fresh_until, entry.stale_until], separators=(",", ":"))
+
+
+def _decode(raw: bytes) -> Entry:
+    head, _, body = raw.decode().partition("\n")
+    epoch, clock, buckets = [*head.split(" "), "", ""][:3]
+    payload, fresh, stale = json.loads(body)
+    return Entry(payload, fresh, stale, Snapshot(epoch, int(clock)), tuple(int(b) for b in buckets.split(",") if b))
 
 
 class RedisStore:
-    """Shared store for replicas. Values are JSON (never pickles: a shared store is no place for code)."""
+    """Shared store for replicas. Values are JSON (never pickles: a shared store is no place for code); the
+    generation table is one hash (``{namespace}gen``) that every replica reads with each entry."""
+
+    encodes = True
 
     def __init__(
         self,
@@ -116,75 +226,77 @@ class RedisStore:
         op_timeout: float = 0.25,
         connection: RedisConnection | None = None,
     ) -> None:
-        self._ns = namespace
-        # Imported here, not at module level: aiocache has RedisCache only with the `redis` extra installed,
-        # and the memory backend must work without it.
-        from aiocache.backends.redis import RedisCache
+        self._backend = _redis_connection(url, namespace, op_timeout, connection)
+        self._client = self._backend.client
+        self._timeout = op_timeout
+        self._gen_key = self._backend.build_key("gen")
+        self._read = self._client.register_script(_READ)
+        self._bump = self._client.register_script(_BUMP)
+        self._current = self._client.register_script(_CURRENT)
 
-        self._cache = RedisCache(
-            # Address, TLS and credentials: see _redis_conn.
-            **redis_cache_options(url, connection),
-            namespace=namespace,
-            # Values are JSON text already; aiocache's default JsonSerializer would encode them a second time.
-            serializer=StringSerializer(),
-            timeout=op_timeout,
-            create_connection_timeout=op_timeout,
-        )
-        self.encodes = True
+    def _key(self, key: str) -> str:
+        return str(self._backend.build_key(key))
 
-    async def get(self, key: str) -> Any | None:
+    async def _call(self, op: Callable[[], Any]) -> Any:
+        async with asyncio.timeout(self._timeout):
+            return await op()
+
+    async def read(self, key: str) -> tuple[Entry | None, bool, Snapshot]:
         try:
-            raw = await self._cache.get(key)
+            reply = await self._call(lambda: self._read(keys=[self._gen_key, self._key(key)], args=[new_epoch()]))
+            now = Snapshot(reply[0].decode(), int(reply[1]))
+            if len(reply) < 3:
+                return None, False, now
+            entry = _decode(reply[2])
         except Exception as exc:
-            log.warning("redis get failed, treating as a miss: %s", type(exc).__name__)
-            return None
-        return None if raw is None else json.loads(raw)
+            log.warning("redis read failed, treating as a miss: %s", type(exc).__name__)
+            return None, False, _NEVER
+        clock = entry.snapshot.clock
+        current = entry.snapshot.epoch == now.epoch and all(int(g) <= clock for g in reply[3:])
+        return entry, current, now
 
-    async def set(self, key: str, value: Any, ttl: float) -> None:
+    async def write(self, key: str, entry: Entry, ttl: float) -> None:
+        if entry.snapshot.epoch == "":
+            return
         try:
-            await self._cache.set(key, json.dumps(value, separators=(",", ":")), ttl=ttl)
+            await self._call(lambda: self._client.set(self._key(key), _encode(entry), px=max(1, int(ttl * 1000))))
         except Exception as exc:
             log.warning("redis set failed, answer not cached: %s", type(exc).__name__)
 
-    def _key_glob(self) -> str:
-        # aiocache's Redis keys are "{namespace}:{key}" (it adds the ':'); escaped for SCAN MATCH.
-        return _GLOB_SPECIAL.sub(r"\\\1", self._cache.build_key(""))
-
-    async def keys_tagged(self, tag: str) -> list[str]:
-        escaped = _GLOB_SPECIAL.sub(r"\\\1", tag)
-        prefix = self._cache.build_key("")
-        glob = self._key_glob()
-        keys: list[str] = []
+    async def snapshot(self) -> Snapshot:
         try:
-            for pattern in (f"{glob}*|{escaped}|*", f"{glob}{escaped}|*"):
-                async for raw in self._cache.client.scan_iter(match=pattern, count=500):
-                    keys.append(raw.decode()[len(prefix) :])
+            reply = await self._call(lambda: self._read(keys=[self._gen_key, ""], args=[new_epoch()]))
         except Exception as exc:
-            raise Unavailable("cache_unavailable", f"Redis cannot be searched: {type(exc).__name__}") from None
-        return keys
+            log.warning("redis read failed: %s", type(exc).__name__)
+            return _NEVER
+        return Snapshot(reply[0].decode(), int(reply[1]))
 
-    async def delete_keys(self, keys: list[str]) -> int:
-        if not keys:
-            return 0
+    async def current(self, snapshot: Snapshot, buckets: Sequence[int]) -> bool:
+        if snapshot.epoch == "":
+            return False
         try:
-            return int(await self._cache.client.delete(*(self._cache.build_key(k) for k in keys)))
+            reply = await self._call(lambda: self._current(keys=[self._gen_key], args=["", *buckets]))
         except Exception as exc:
-            raise Unavailable("cache_unavailable", f"Redis cannot delete: {type(exc).__name__}") from None
+            raise Unavailable("cache_unavailable", f"Redis cannot be read: {type(exc).__name__}") from None
+        if not reply or reply[0] is None or reply[0].decode() != snapshot.epoch:
+            return False
+        return all(int(g) <= snapshot.clock for g in reply[1:])
 
-    async def delete_tagged(self, tag: str) -> int:
-        return await self.delete_keys(await self.keys_tagged(tag))
-
-    async def clear(self) -> None:
-        # Only our namespace: aiocache's clear() without a namespace is FLUSHDB, which would wipe a shared Redis.
-        client = self._cache.client
+    async def bump(self, buckets: Sequence[int]) -> None:
         try:
-            async for key in client.scan_iter(match=self._key_glob() + "*", count=500):
-                await client.delete(key)
+            await self._call(lambda: self._bump(keys=[self._gen_key], args=[new_epoch(), *buckets]))
         except Exception as exc:
-            raise Unavailable("cache_unavailable", f"Redis cannot be cleared: {type(exc).__name__}") from None
+            raise Unavailable("cache_unavailable", f"Redis cannot be updated: {type(exc).__name__}") from None
+
+    async def bump_all(self) -> None:
+        # Entries of the old epoch expire on their TTLs; nothing is scanned.
+        try:
+            await self._call(lambda: self._client.hset(self._gen_key, "e", new_epoch()))
+        except Exception as exc:
+            raise Unavailable("cache_unavailable", f"Redis cannot be updated: {type(exc).__name__}") from None
 
     async def close(self) -> None:
-        await self._cache.close()
+        await self._backend.close()
 
 
 def make_store(

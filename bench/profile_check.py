@@ -54,7 +54,8 @@ def _logging_to_devnull() -> None:
 
 
 # The server's own audit writer (buffered, as `serve` runs it), into /dev/null.
-audit = stderr_audit_log(open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
+_DEVNULL = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process (its fd is written to below)
+audit = stderr_audit_log(_DEVNULL)
 
 
 async def _stages(components: Any, request: Any, n: int) -> dict[str, float]:

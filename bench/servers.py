@@ -184,7 +184,7 @@ async def fill_cache(cache: Any, store: Any, n: int) -> dict[str, Any]:
         await asyncio.gather(*(one_user(i) for i in range(users, users + batch)))
         users += batch
     kinds: dict[str, int] = {}
-    for key in list(store._cache._cache):
+    for key in store.held():
         kind = key.split("|", 1)[0]
         kinds[kind] = kinds.get(kind, 0) + 1
     return {"users": users, "entries": len(store), "by_kind": kinds}

@@ -139,3 +139,30 @@ def test_no_json_value_makes_the_mapping_fail(value: Any) -> None:
         return
     for item in invalidations(event):
         assert item.kind in {"project", "group", "account", "change", "everything"}
+
+
+def test_dropped_output_drops_everything() -> None:
+    assert invalidations({"type": "dropped-output"}) == [Invalidation("everything")]
+
+
+def test_batch_ref_updated_is_applied_like_its_parts() -> None:
+    updates = [
+        {"project": "web", "refName": "refs/meta/config"},
+        {"project": "All-Users", "refName": "refs/users/01/1000001"},
+        {"project": "web", "refName": "refs/heads/main"},
+        {"project": "web", "refName": "refs/changes/12/12/meta"},
+        {"project": "web", "refName": "refs/meta/config"},
+    ]
+    assert invalidations({"type": "batch-ref-updated", "refUpdates": updates}) == [
+        Invalidation("project", "web"),
+        Invalidation("account", "1000001"),
+        Invalidation("change", "12"),
+    ]
+    for update in updates:
+        single = invalidations({"type": "ref-updated", "refUpdate": update})
+        assert set(single) <= set(invalidations({"type": "batch-ref-updated", "refUpdates": updates}))
+
+
+@pytest.mark.parametrize("updates", [None, "x", {"project": "web"}])
+def test_a_batch_that_cannot_be_read_drops_everything(updates: Any) -> None:
+    assert invalidations({"type": "batch-ref-updated", "refUpdates": updates}) == [Invalidation("everything")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import subprocess
 import sys
@@ -225,3 +226,82 @@ def test_serve_with_an_unreadable_key_exits_2_naming_it(example_config_path: Pat
     )
     assert done.returncode == 2, done.stderr
     assert "gerrit.events.private_key_file: cannot read" in done.stderr
+
+
+async def test_dropped_output_drops_everything_and_is_counted(events_config: Any) -> None:
+    registry = CollectorRegistry()
+    cache = RecordingCache()
+    follower = EventFollower(events_config(), cache, observer=StreamMetrics(registry))
+
+    await follower.handle_line(b'{"type":"dropped-output","eventCreatedOn":1700000000}\n')
+
+    assert cache.calls == [{"everything": True}]
+    assert registry.get_sample_value("gerrit_authz_events_dropped_total", {"reason": "gerrit"}) == 1
+
+
+class SlowCache(RecordingCache):
+    """Applies one invalidation per ``step`` set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step = asyncio.Event()
+
+    async def invalidate(self, **kwargs: Any) -> int:
+        await self.step.wait()
+        return await super().invalidate(**kwargs)
+
+
+def vote(number: int) -> bytes:
+    return json.dumps({"type": "comment-added", "change": {"number": number}}).encode() + b"\n"
+
+
+async def test_a_backlog_beyond_its_bound_drops_everything_instead_of_falling_behind(events_config: Any) -> None:
+    registry = CollectorRegistry()
+    cache = SlowCache()
+    follower = EventFollower(events_config(), cache, observer=StreamMetrics(registry), backlog=10)
+    lines = [vote(n) for n in range(1, 26)] + [b""]
+
+    async def readline() -> bytes:
+        return lines.pop(0)  # Gerrit sends faster than the cache applies
+
+    following = asyncio.create_task(follower.follow(readline))
+    await asyncio.sleep(0.05)
+    assert not lines  # every line was read at once: the reader never waits for the cache
+    cache.step.set()
+    await asyncio.wait_for(following, 5)
+
+    # The first vote was being applied; then 10 queued; the 11th found the backlog full: those 11 were discarded
+    # for one "everything"; the next 10 queued again, and the last 3 overflowed once more.
+    assert {"everything": True} in cache.calls
+    applied = [c["change"] for c in cache.calls if "change" in c]
+    assert applied == sorted(applied) and len(applied) < 25
+    dropped = registry.get_sample_value("gerrit_authz_events_dropped_total", {"reason": "backlog"}) or 0
+    assert dropped + len(applied) == 25
+    assert registry.get_sample_value("gerrit_authz_events_backlog") == 0
+
+
+async def test_a_short_burst_is_applied_in_order_without_dropping(events_config: Any) -> None:
+    cache = RecordingCache()
+    follower = EventFollower(events_config(), cache, backlog=100)
+    lines = [vote(n) for n in range(1, 51)] + [b""]
+
+    async def readline() -> bytes:
+        return lines.pop(0)
+
+    await asyncio.wait_for(follower.follow(readline), 5)
+    assert cache.calls == [{"change": str(n)} for n in range(1, 51)]
+
+
+async def test_a_store_that_fails_while_following_ends_the_session(events_config: Any) -> None:
+    class Broken(RecordingCache):
+        async def invalidate(self, **kwargs: Any) -> int:
+            raise ConnectionError("store down")
+
+    follower = EventFollower(events_config(), Broken())
+    lines = [vote(1), vote(2)]
+
+    async def readline() -> bytes:
+        return lines.pop(0) if lines else await asyncio.sleep(3600, b"")
+
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(follower.follow(readline), 5)

@@ -8,7 +8,9 @@ changes Gerrit under a cached answer and polls the decision, bounded at 10 s; th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+import grpc
 import pytest
 import pytest_asyncio
 from _support.authz import basic, check_request, check_stub, make_config, running_server
 from _support.gerrit_events import EventsSetup, close_connections
 from _support.gerrit_provision import Rest
+from gerrit_authz.v1 import admin_pb2, admin_pb2_grpc
 
 from authz_server._response import http_response
 from authz_server._server import AuthzServer
@@ -58,6 +62,11 @@ def rules(group: str) -> list[dict[str, Any]]:
             "name": "open",
             "match": {"path": "/open/{change}"},
             "require": {"change": {"id": "{change}", "status": "NEW"}},
+        },
+        {
+            "name": "submittable",
+            "match": {"path": "/submittable/{change}"},
+            "require": {"change": {"id": "{change}", "submittable": True}},
         },
     ]
 
@@ -258,3 +267,148 @@ async def test_rotated_key_is_read_at_the_next_attempt(
         key.write_bytes(gerrit_events.private_key_file.read_bytes())  # the operator rotates the secret in place
         await asyncio.wait_for(server.events.connected.wait(), POLL_S)
         assert any("restored" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 17: spellings, a project's changes, and a stream that falls behind
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def top_project(rest: Rest) -> str:
+    """A project without '/' (so ``NAME.git`` is one path segment)."""
+    name = f"fresh-{uuid.uuid4().hex[:8]}"
+    rest.put(f"projects/{name}", {"branches": ["main"], "create_empty_commit": True})
+    return name
+
+
+async def test_a_block_on_web_reaches_the_answer_fetched_as_web_git(app: AuthzServer, gerrit: Any, rest: Rest) -> None:
+    project = top_project(rest)
+    await asyncio.sleep(1.0)  # the project's creation events first
+    carol = gerrit.org.carol.auth
+    assert await status(app, f"/src/{project}.git/-/main", carol) == 200  # Gerrit answers web.git as web
+    since = time.monotonic()
+    block_reads(rest, project)  # its refs/meta/config event names "web", never "web.git"
+    await follows("BLOCK on web, seen on web.git", app, f"/src/{project}.git/-/main", carol, 403, since)
+
+
+async def test_a_submit_requirement_added_drops_the_cached_submittable_change(
+    app: AuthzServer, gerrit: Any, rest: Rest
+) -> None:
+    project = top_project(rest)
+    number = int(rest.post("changes/", {"project": project, "branch": "main", "subject": "sr"})["_number"])
+    rest.post(f"changes/{number}/revisions/current/review", {"labels": {"Code-Review": 2, "Verified": 1}})
+    path, carol = f"/submittable/{number}", gerrit.org.carol.auth
+    await follows("submittable (cache primed)", app, path, carol, 200, time.monotonic())
+    assert await status(app, path, carol) == 200
+    since = time.monotonic()
+    requirement = {"submittability_expression": "hashtag:never-set", "allow_override_in_child_projects": False}
+    rest.put(f"projects/{project}/submit_requirements/Never", requirement)  # a refs/meta/config change only
+    await follows("submit requirement added", app, path, carol, 403, since)
+
+
+async def test_invalidate_web_reaches_the_answer_fetched_as_web_git(
+    gerrit: Any, rest: Rest, password_file: Path, group: str
+) -> None:
+    # No event stream: only Invalidate can explain the change.
+    config = make_config(
+        gerrit.server.url,
+        password_file,
+        identity=[{"gerrit_http_credentials": {}}],
+        cache={"ttl": LONG},
+        rules=rules(group),
+    )
+    project = top_project(rest)
+    carol = gerrit.org.carol.auth
+    async with running_server(config) as server:
+        assert await status(server, f"/src/{project}.git/-/main", carol) == 200
+        block_reads(rest, project)
+        assert await status(server, f"/src/{project}.git/-/main", carol) == 200  # cached
+        async with grpc.aio.insecure_channel(server.admin_address) as channel:
+            await admin_pb2_grpc.AdminStub(channel).Invalidate(admin_pb2.InvalidateRequest(project=project), timeout=10)
+        assert await status(server, f"/src/{project}.git/-/main", carol) == 403
+        assert await status(server, f"/src/{project}/-/main", carol) == 403
+
+
+async def explain_sources(app: AuthzServer, path: str, user: tuple[str, str]) -> list[str]:
+    async with grpc.aio.insecure_channel(app.admin_address) as channel:
+        request = admin_pb2.ExplainRequest(method="GET", path=path, headers={"authorization": basic(*user)})
+        decision = await admin_pb2_grpc.AdminStub(channel).Explain(request, timeout=10)
+    return [r.source for r in decision.requirements if r.kind == "permission"]
+
+
+async def test_a_reader_that_falls_behind_gets_dropped_output_and_it_drops_the_cache(
+    app: AuthzServer, gerrit: Any, gerrit_events: EventsSetup, rest: Rest
+) -> None:
+    # A second stream-events session of the bot whose reader is throttled: a 512-byte SSH window it never reads,
+    # so Gerrit's writer blocks, its per-session queue fills, and Gerrit drops events for it.
+    assert app.events is not None
+    async with asyncssh.connect(
+        "127.0.0.1",
+        gerrit_events.port,
+        username=gerrit.org.bot.username,
+        client_keys=[str(gerrit_events.private_key_file)],
+        known_hosts=str(gerrit_events.known_hosts_file),
+        agent_path=None,
+        config=[],
+    ) as conn:
+        slow = await conn.create_process("gerrit stream-events", stdin=asyncssh.DEVNULL, encoding=None, window=512)
+        await asyncio.sleep(1.0)
+        number = new_change(rest, gerrit)
+        for i in range(200):  # each vote is a comment-added and a ref-updated of the change's meta ref
+            rest.post(f"changes/{number}/revisions/current/review", {"labels": {"Code-Review": i % 2}})
+        lines: list[bytes] = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(20):
+                while line := await slow.stdout.readline():
+                    lines.append(line)
+                    if b'"dropped-output"' in line:
+                        break
+        slow.close()
+    dropped = [line for line in lines if b'"dropped-output"' in line]
+    assert dropped, f"Gerrit never dropped output for the throttled reader ({len(lines)} lines read)"
+    print(f"\nGerrit's marker after {len(lines)} lines: {dropped[0].decode().strip()}")
+
+    # The follower (Checks' cache) applies that very line: everything cached is dropped.
+    project = new_project(rest)
+    await asyncio.sleep(1.0)
+    path, carol = f"/src/{_q(project)}/-/main", gerrit.org.carol.auth
+    assert await explain_sources(app, path, carol) == ["gerrit"]
+    assert await explain_sources(app, path, carol) == ["cache"]
+    await app.events.handle_line(dropped[0])
+    assert await explain_sources(app, path, carol) == ["gerrit"]
+
+
+async def test_a_revoke_during_a_flood_of_votes_is_still_followed(app: AuthzServer, gerrit: Any, rest: Rest) -> None:
+    changes = [new_change(rest, gerrit) for _ in range(4)]
+    project = new_project(rest)
+    await asyncio.sleep(1.0)
+    path, carol = f"/src/{_q(project)}/-/main", gerrit.org.carol.auth
+    assert await status(app, path, carol) == 200
+    stop = threading.Event()
+    votes = [0]
+
+    def flood() -> None:  # one commenter voting as fast as Gerrit takes it, bounded in count and time
+        started = time.monotonic()
+        while not stop.is_set() and votes[0] < 400 and time.monotonic() - started < 30:
+            number = changes[votes[0] % len(changes)]
+            rest.post(f"changes/{number}/revisions/current/review", {"labels": {"Code-Review": votes[0] % 2}})
+            votes[0] += 1
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    try:
+        await asyncio.sleep(2.0)  # the stream is busy with votes
+        latencies = []
+        for _ in range(50):  # cached Checks keep being answered meanwhile
+            t0 = time.perf_counter()
+            assert await status(app, path, carol) == 200
+            latencies.append(time.perf_counter() - t0)
+        since = time.monotonic()
+        block_reads(rest, project)
+        await follows("BLOCK during a flood of votes", app, path, carol, 403, since)
+    finally:
+        stop.set()
+        await asyncio.to_thread(flooder.join, 30)
+    latencies.sort()
+    print(f"flood: {votes[0]} votes; cached Check p50 {latencies[25] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")
+    assert votes[0] > 20, "the flood did not happen"

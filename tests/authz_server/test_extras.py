@@ -71,8 +71,10 @@ def test_service_works_with_memory_backend_when_redis_cannot_be_imported(tmp_pat
         "from authz_server.config import load_config\n"
         "load_config('examples/config.yaml')\n"
         "store = make_store('memory')\n"
-        "asyncio.run(store.set('k|', 1, 5))\n"
-        "assert asyncio.run(store.get('k|')) == 1\n"
+        "from authz_server._store import Entry\n"
+        "snap = asyncio.run(store.snapshot())\n"
+        "asyncio.run(store.write('k|', Entry(1, 9e9, 9e9, snap, (1,)), 5))\n"
+        "assert asyncio.run(store.read('k|'))[0].payload == 1\n"
         "sys.exit(cli.main(['check-config', sys.argv[1]]))\n"
     )
     path = tmp_path / "redis.yaml"

@@ -10,9 +10,21 @@ from _support.factories import make_input
 
 from authz_server._app import build_components
 from authz_server._deadline import Deadline
+from authz_server._generations import GROUPS, bucket
 from authz_server._opstats import ReloadStats
 from authz_server._reload import LiveRuntime, Reloader, needs_restart
+from authz_server._store import Entry, Store
 from authz_server.config import Config, parse_config
+
+
+async def put(store: Store) -> None:
+    # An entry depending on every group membership.
+    await store.write("k", Entry(["v"], 9e9, 9e9, await store.snapshot(), (bucket(GROUPS),)), 60)
+
+
+async def held(store: Store) -> bool:
+    entry, current, _ = await store.read("k")
+    return entry is not None and current
 
 
 def config(tmp_path: Path, *, url: str = "http://127.0.0.1:9", require: Any = "anyone", **server: Any) -> Config:
@@ -30,24 +42,24 @@ def config(tmp_path: Path, *, url: str = "http://127.0.0.1:9", require: Any = "a
 async def test_policy_swap_keeps_the_cache_and_the_credential_key(tmp_path: Path) -> None:
     runtime = LiveRuntime(build_components(config(tmp_path)), retire_after=0)
     first = runtime.components
-    await first.store.set("k", ["v"], 60)
+    await put(first.store)
     assert (await runtime.decide(make_input("GET", "/x"), Deadline.after(5))).allowed
     await runtime.apply(config(tmp_path, require={"not": "anyone"}))
     assert not (await runtime.decide(make_input("GET", "/x"), Deadline.after(5))).allowed
     now = runtime.components
-    assert now.store is first.store and await now.store.get("k") == ["v"]
+    assert now.store is first.store and await held(now.store)
     assert now.credential_key == first.credential_key and now.http is first.http
-    assert now.cache.generation is first.cache.generation  # invalidations reach Checks still on the old cache
+    await now.cache.invalidate(group="g")  # through the new cache: the old one (finishing its Checks) sees it
+    assert not await held(first.store)
     await runtime.aclose()
 
 
 async def test_another_gerrit_starts_with_an_empty_cache(tmp_path: Path) -> None:
     runtime = LiveRuntime(build_components(config(tmp_path)), retire_after=0)
-    await runtime.components.store.set("k", ["v"], 60)
+    await put(runtime.components.store)
     first = runtime.components
     await runtime.apply(config(tmp_path, url="http://127.0.0.1:10"))
-    assert await runtime.components.store.get("k") is None
-    assert runtime.components.cache.generation is not first.cache.generation
+    assert runtime.components.store is not first.store and not await held(runtime.components.store)
     await runtime.aclose()
 
 

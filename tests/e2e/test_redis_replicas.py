@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,6 +16,7 @@ import grpc
 import pytest
 import yaml
 from _support.authz import basic, example_config_data
+from _support.gerrit_provision import Rest
 from _support.redis import RedisServer
 from gerrit_authz.v1 import admin_pb2, admin_pb2_grpc
 
@@ -29,11 +32,18 @@ def redis() -> Iterator[RedisServer]:
 
 
 @asynccontextmanager
-async def replica(tmp_path: Path, name: str, gerrit: Any, redis_url: str) -> AsyncIterator[tuple[str, str]]:
+async def replica(
+    tmp_path: Path, name: str, gerrit: Any, redis_url: str, *, gerrit_url: str | None = None, budget: str = ""
+) -> AsyncIterator[tuple[str, str]]:
     """A `gerrit-authz serve` process; yields its (ext_authz, admin) addresses."""
     data = example_config_data()
     data["server"].update(listen="127.0.0.1:0", admin_listen="127.0.0.1:0")
-    data["gerrit"].update(url=gerrit.server.url, username="authz-bot", password_env="REPLICA_GERRIT_PASSWORD")
+    data["gerrit"].update(
+        url=gerrit_url or gerrit.server.url, username="authz-bot", password_env="REPLICA_GERRIT_PASSWORD"
+    )
+    if budget:
+        data["server"]["check_timeout"] = budget
+        data["gerrit"]["timeout"] = budget
     data["identity"] = [{"gerrit_http_credentials": {}}]
     # One credential key file for all replicas, so B finds A's cached credential checks (README: without it
     # each replica hashes credentials under its own random key).
@@ -112,3 +122,74 @@ async def test_replicas_share_answers_and_invalidation_through_redis(
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await invalidate(admin_a, account="bob")
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # said plainly, not a silent "removed 0"
+
+
+class HoldingProxy:
+    """A TCP proxy to Gerrit that holds Gerrit's replies while ``open`` is clear (an answer arriving late)."""
+
+    def __init__(self, upstream: str) -> None:
+        host_port = upstream.split("://", 1)[1].rstrip("/")
+        self._host, port = host_port.rsplit(":", 1)
+        self._port = int(port)
+        self.open = asyncio.Event()
+        self.open.set()
+        self.held = asyncio.Event()  # set once a reply is being held
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hold: bool) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                if hold and not self.open.is_set():
+                    self.held.set()
+                    await self.open.wait()
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection(self._host, self._port)
+        await asyncio.gather(self._pipe(client_r, up_w, False), self._pipe(up_r, client_w, True))
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+async def test_invalidate_on_one_replica_while_the_others_lookup_is_in_flight(
+    tmp_path: Path, gerrit: Any, rest: Rest, redis: RedisServer
+) -> None:
+    project = f"replicas/{uuid.uuid4().hex[:8]}"
+    rest.put(f"projects/{project.replace('/', '%2F')}", {"branches": ["main"], "create_empty_commit": True})
+    path = f"/artifacts/{project.replace('/', '%2F')}/-/main/out/app.tar"
+    bob = gerrit.org.bob
+    proxy = HoldingProxy(gerrit.server.url)
+    slow_url = await proxy.start()
+    try:
+        async with (
+            replica(tmp_path, "a", gerrit, redis.url, gerrit_url=slow_url, budget="20s") as (_, admin_a),
+            replica(tmp_path, "b", gerrit, redis.url, budget="20s") as (_, admin_b),
+        ):
+            assert (await explain(admin_b, bob)).allowed  # warms bob's credential check for both, not this project
+            proxy.open.clear()
+            # A asks Gerrit for check.access; Gerrit answers "allowed" at once, and the answer is held on its way.
+            in_flight = asyncio.create_task(explain(admin_a, bob, path))
+            await asyncio.wait_for(proxy.held.wait(), 15)
+            block = {"read": {"rules": {"global:Registered-Users": {"action": "BLOCK"}}}}
+            rest.post(
+                f"projects/{project.replace('/', '%2F')}/access", {"add": {"refs/heads/*": {"permissions": block}}}
+            )
+            await invalidate(admin_b, project=project)  # returned: from now on nobody uses the held answer
+            proxy.open.set()
+            first = await in_flight
+            # Not even the Check that asked uses the held answer: A asked Gerrit again under the new generations.
+            assert (first.allowed, first.http_status, sources(first)) == (False, 403, ["gerrit"])
+            # And neither replica serves the held answer later.
+            for admin in (admin_b, admin_a):
+                after = await explain(admin, bob, path)
+                assert (after.allowed, after.http_status) == (False, 403), sources(after)
+    finally:
+        await proxy.close()
