@@ -17,7 +17,8 @@ if [[ -n "$newest_jdk" && -z "${SKIP_NEWEST_GERRIT:-}" ]]; then
   GERRIT_VERSION="$newest_gerrit" scripts/fetch_gerrit.sh >/dev/null
   GERRIT_VERSION="$newest_gerrit" GERRIT_JAVA_HOME="$newest_jdk" \
     python -m pytest -q -p no:cacheprovider -m gerrit tests/test_gerrit_harness.py tests/authz_server/test_check_gerrit.py \
-      tests/authz_server/test_hardening_gerrit.py tests/authz_server/test_service_account_rights_gerrit.py
+      tests/authz_server/test_hardening_gerrit.py tests/authz_server/test_service_account_rights_gerrit.py \
+      tests/authz_server/test_events_gerrit.py
 else
   echo "test: no Java 21+ under /usr/lib/jvm: Gerrit $newest_gerrit is not tested on this machine"
 fi
