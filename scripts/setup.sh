@@ -23,6 +23,13 @@ if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements/dev.txt
+# xds-protos ships an older copy of the OpenTelemetry protos in the same package; whichever is installed last wins.
+# opentelemetry-proto's must (the OTLP exporter needs its newer messages; Envoy's modules only need a subset).
+otel_proto="$(mktemp)"
+awk '/^opentelemetry-proto==/{p=1} p{print} p && !/\\$/{exit}' requirements/dev.txt >"$otel_proto"
+.venv/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps --require-hashes \
+  -r "$otel_proto"
+rm -f "$otel_proto"
 # The project itself, built with the locked setuptools (no isolated build fetching the newest one) and no
 # dependency resolution: everything it needs is already installed from the lock.
 # (PYTHONWARNINGS: setuptools otherwise prints a multi-line "Editable installation" warning on every run.)

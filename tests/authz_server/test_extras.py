@@ -94,3 +94,23 @@ def test_check_config_exits_2_when_the_extra_is_missing(
     assert main(["check-config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "cache.backend" in err and "pip install 'gerrit-authz[redis]'" in err
+
+
+def test_otel_protos_shadowed_by_xds_protos_name_the_reinstall() -> None:
+    # xds-protos ships an older opentelemetry/proto (no InstrumentationScope); installed after opentelemetry-proto,
+    # its files win and the OTLP exporter cannot import: the error says how to mend it, not "install the extra".
+    import types
+
+    from authz_server._extras import OTEL_SHADOWED_HINT, require_otel
+
+    old_proto = types.ModuleType("opentelemetry.proto.common.v1.common_pb2")
+
+    def shadowed(name: str) -> types.ModuleType:
+        if name == "opentelemetry.proto.common.v1.common_pb2":
+            return old_proto
+        raise ImportError("cannot import name 'InstrumentationScope'")
+
+    with pytest.raises(ConfigError) as err:
+        require_otel("telemetry.traces_exporter", import_module=shadowed)
+    assert err.value.errors == [("telemetry.traces_exporter", OTEL_SHADOWED_HINT)]
+    assert "pip install --force-reinstall --no-deps opentelemetry-proto" in OTEL_SHADOWED_HINT
