@@ -49,6 +49,8 @@ def audit_line(
         "via": via,
         # In shadow mode "allowed" is what the caller got; http_status and code are the real decision.
         "shadow": decision.shadow,
+        # Answered from the decision memo: the decision an identical Check got, still exactly a fresh one's.
+        "memo": decision.memo,
     }
     if trace is not None:  # with tracing on: the decision's OpenTelemetry trace and span
         line["trace_id"], line["span_id"] = trace

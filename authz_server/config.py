@@ -293,6 +293,9 @@ class CacheConfig(_Model):
     redis_username: str | None = Field(default=None, min_length=1)
     redis_password_file: Path | None = None
     redis_password_env: str | None = Field(default=None, min_length=1)
+    # Whole decisions remembered while every fact they read is unchanged (see authz_server._memo); per process,
+    # at most max_entries of them.
+    decision_memo: bool = True
 
     @model_validator(mode="after")
     def _redis_url(self) -> CacheConfig:
