@@ -125,6 +125,8 @@ class ServerConfig(_Model):
     outages: Literal["error", "deny"] = "error"
     # How often the config file is checked for changes (0 turns polling off; SIGHUP still reloads).
     config_watch_interval: Duration = 2.0
+    # Processes serving the ext_authz listener (SO_REUSEPORT), sharing one generation table; see _workers.
+    workers: int = Field(default=1, ge=1, le=64)
 
 
 class EventsConfig(_Model):
