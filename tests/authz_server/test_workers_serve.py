@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import grpc
 import pytest
@@ -32,7 +34,7 @@ DEVS = {"id": "d" * 40, "name": "devs"}
 class _Gerrit(BaseHTTPRequestHandler):
     """A loopback Gerrit: alice's password is ``pw``; her groups are whatever the test says now."""
 
-    groups: list[dict[str, str]] = [DEVS]
+    groups: ClassVar[list[dict[str, str]]] = [DEVS]
 
     def do_GET(self) -> None:
         if self.path.startswith("/a/accounts/self"):
@@ -159,13 +161,11 @@ rules:
         assert await asyncio.wait_for(proc.wait(), 30) == 0
         assert "stopped" in (await proc.stdout.read()).decode()
         for pid in pids:
-            assert not Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the supervisor"
+            assert not os.path.exists(f"/proc/{pid}"), f"worker {pid} outlived the supervisor"  # noqa: ASYNC240
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
