@@ -35,7 +35,7 @@ from ._reload import LiveRuntime, Reloader
 from ._servicer import AuthorizationServicer
 from ._telemetry_config import telemetry_settings
 from ._tls import CertificateFiles
-from ._workers import WORKER_READY, die_with_parent, supervise, worker_role
+from ._workers import WORKER_LISTENING, WORKER_READY, die_with_parent, supervise, worker_role
 from .config import Config, TlsConfig
 
 if TYPE_CHECKING:
@@ -81,10 +81,14 @@ class AuthzServer:
     tls: CertificateFiles | None = None  # the Check listener's certificate files (re-read when they change)
     admin_tls: CertificateFiles | None = None
     serve_metrics: bool = True  # False in a worker: the supervisor serves every worker's metrics
+    own_listen: str | None = None  # a worker's own ext_authz address (server.worker_port_base)
+    own_address: str = ""
 
     async def start(self) -> None:
         cfg = self.components.config.server
         self.address = _bind(self.server, cfg.listen, self.tls)
+        if self.own_listen is not None:  # the same servicers and TLS, on an address of this worker alone
+            self.own_address = _bind(self.server, self.own_listen, self.tls)
         warn_if_exposed(self.components.config)
         if self.admin is not None and cfg.admin_listen is not None:
             self.admin_address = _bind(self.admin, cfg.admin_listen, self.admin_tls)
@@ -256,6 +260,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None, config_pa
         config = role.apply(config)
     audit = stderr_audit_log()
     app = build_server(config, audit=audit, worker=None if role is None else role.index)
+    if role is not None:
+        app.own_listen = role.own_listen
     reloader = None
     if config_path is not None and app.runtime is not None and app.reloads is not None:
         # Before the addresses are printed: a change made as soon as we are up is never missed.
@@ -275,6 +281,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None, config_pa
     if ready is not None:
         ready.set()
     if role is not None:
+        if app.own_address:
+            print(f"{WORKER_LISTENING}{role.index} ext_authz gRPC listening on {app.own_address}", flush=True)
         print(WORKER_READY, flush=True)  # to the supervisor, which prints the addresses once
     flusher = asyncio.create_task(_flush_every(audit, 0.2))
     await stop.wait()

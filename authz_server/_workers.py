@@ -37,7 +37,7 @@ from wsgiref.simple_server import WSGIServer
 from ._generations import SharedGenerations
 from .config import Config
 
-__all__ = ["WORKER_READY", "WorkerRole", "die_with_parent", "supervise", "worker_role"]
+__all__ = ["WORKER_LISTENING", "WORKER_READY", "WorkerRole", "die_with_parent", "supervise", "worker_role"]
 
 log = logging.getLogger("gerrit_authz.workers")
 
@@ -45,8 +45,11 @@ _WORKER = "GERRIT_AUTHZ_WORKER"
 _TABLE = "GERRIT_AUTHZ_GENERATIONS_FILE"
 _LISTEN = "GERRIT_AUTHZ_WORKER_LISTEN"
 _ADMIN = "GERRIT_AUTHZ_WORKER_ADMIN_LISTEN"
+_OWN = "GERRIT_AUTHZ_WORKER_OWN_LISTEN"
 #: What a worker prints once all its listeners are up.
 WORKER_READY = "gerrit-authz: worker ready"
+#: How a worker announces its own address (``server.worker_port_base``).
+WORKER_LISTENING = "gerrit-authz: worker "
 _START_TIMEOUT = 60.0
 
 
@@ -58,6 +61,7 @@ class WorkerRole:
     table: str
     listen: str
     admin_listen: str | None
+    own_listen: str | None = None  # this worker's own ext_authz address (server.worker_port_base)
 
     def apply(self, config: Config) -> Config:
         """``config`` with the listeners the supervisor reserved (port 0 resolved once for every worker)."""
@@ -70,7 +74,13 @@ def worker_role() -> WorkerRole | None:
     index = os.environ.get(_WORKER)
     if index is None:
         return None
-    return WorkerRole(int(index), os.environ[_TABLE], os.environ[_LISTEN], os.environ.get(_ADMIN) or None)
+    return WorkerRole(
+        int(index),
+        os.environ[_TABLE],
+        os.environ[_LISTEN],
+        os.environ.get(_ADMIN) or None,
+        os.environ.get(_OWN) or None,
+    )
 
 
 def die_with_parent() -> None:
@@ -128,10 +138,12 @@ async def supervise(config: Config, config_path: str) -> int:
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
         command = [sys.executable, "-m", "authz_server", "serve", "--config", config_path, "--log-level", level]
         for i in range(cfg.workers):
+            worker_env = {**env, _WORKER: str(i)}
+            if cfg.worker_port_base is not None:
+                port = cfg.worker_port_base + i if cfg.worker_port_base else 0
+                worker_env[_OWN] = f"{cfg.listen.rpartition(':')[0]}:{port}"
             workers.append(
-                await asyncio.create_subprocess_exec(
-                    *command, env={**env, _WORKER: str(i)}, stdout=asyncio.subprocess.PIPE
-                )
+                await asyncio.create_subprocess_exec(*command, env=worker_env, stdout=asyncio.subprocess.PIPE)
             )
         return await _run(config, workers, metrics_dir)
     finally:
@@ -145,7 +157,8 @@ async def supervise(config: Config, config_path: str) -> int:
 
 
 async def _ready(workers: list[asyncio.subprocess.Process]) -> list[str] | None:
-    """Each worker's first lines up to its "listening" one (worker 0's are printed); None when one failed."""
+    """The lines to print once every worker is ready: worker 0's addresses, and each worker's own address (with
+    ``server.worker_port_base``); None when a worker failed to start."""
 
     async def first_lines(proc: asyncio.subprocess.Process) -> list[str] | None:
         assert proc.stdout is not None
@@ -161,7 +174,10 @@ async def _ready(workers: list[asyncio.subprocess.Process]) -> list[str] | None:
             found = await asyncio.gather(*(first_lines(p) for p in workers))
     except TimeoutError:
         return None
-    return None if any(f is None for f in found) else found[0]
+    if any(f is None for f in found):
+        return None
+    own = [line for lines in found[1:] if lines is not None for line in lines if line.startswith(WORKER_LISTENING)]
+    return [*(found[0] or []), *own]
 
 
 async def _run(config: Config, workers: list[asyncio.subprocess.Process], metrics_dir: str) -> int:

@@ -127,6 +127,17 @@ class ServerConfig(_Model):
     config_watch_interval: Duration = 2.0
     # Processes serving the ext_authz listener (SO_REUSEPORT), sharing one generation table; see _workers.
     workers: int = Field(default=1, ge=1, le=64)
+    # With workers > 1: worker i also serves ext_authz alone on listen's host, port worker_port_base + i (0: each
+    # picks one), so Envoy can balance every Check over them (LEAST_REQUEST) instead of each connection's worker.
+    worker_port_base: int | None = Field(default=None, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _worker_ports(self) -> ServerConfig:
+        if self.worker_port_base is not None and self.workers < 2:
+            raise ValueError("worker_port_base needs workers > 1")
+        if self.worker_port_base and self.worker_port_base + self.workers - 1 > 65535:
+            raise ValueError("worker_port_base + workers - 1 is not a port")
+        return self
 
 
 class EventsConfig(_Model):

@@ -85,7 +85,8 @@ def _connections_by_pid(port: int, pids: list[int]) -> dict[int, int]:
 async def test_two_workers_share_the_port_and_an_invalidation(tmp_path: Path, gerrit: str) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(f"""
-server: {{listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0", metrics_listen: "127.0.0.1:0", workers: 2}}
+server: {{listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0", metrics_listen: "127.0.0.1:0", workers: 2,
+          worker_port_base: 0}}
 gerrit: {{url: "{gerrit}", username: authz-bot, password_env: TEST_GERRIT_PASSWORD}}
 identity: [{{gerrit_http_credentials: {{}}}}]
 rules:
@@ -116,6 +117,9 @@ rules:
         pids = [int(p) for p in re.search(r"workers \(([\d, ]+)\)", text).group(1).split(", ")]  # type: ignore[union-attr]
         assert len(pids) == 2 and proc.pid not in pids
         port = int(address.group(1).rsplit(":", 1)[1])
+        # Each worker's own address too (server.worker_port_base), for a balancer that spreads every Check.
+        own = dict(re.findall(r"worker (\d) ext_authz gRPC listening on (\S+)", text))
+        assert sorted(own) == ["0", "1"] and len(set(own.values())) == 2, text
 
         auth = {"authorization": "Basic " + base64.b64encode(b"alice:pw").decode()}
         request = check_request("GET", "/x", auth)
@@ -124,13 +128,16 @@ rules:
             grpc.aio.insecure_channel(address.group(1), options=[("grpc.use_local_subchannel_pool", 1)])
             for _ in range(16)
         ]
+        channels += [grpc.aio.insecure_channel(own[i]) for i in ("0", "1")]
         try:
             stubs = [external_auth_pb2_grpc.AuthorizationStub(c) for c in channels]
             for stub in stubs:
                 assert (await stub.Check(request, timeout=10)).status.code == 0
             by_pid = _connections_by_pid(port, pids)
             assert all(n > 0 for n in by_pid.values()), f"one worker got no connection: {by_pid}"
-            assert sum(by_pid.values()) == len(channels)
+            assert sum(by_pid.values()) == 16
+            for i, pid in enumerate(pids):  # worker i's own port is held by worker i
+                assert _connections_by_pid(int(own[str(i)].rsplit(":", 1)[1]), [pid]) == {pid: 1}
 
             # Alice leaves devs in Gerrit: until told, every worker answers from what it remembers.
             _Gerrit.groups = []
@@ -146,13 +153,13 @@ rules:
             assert [a.status.code for a in answers] == [7] * len(stubs)  # PERMISSION_DENIED on both workers
             assert elapsed < 1.0, elapsed
 
-            # The supervisor's /metrics sums both workers' decisions (16 + 16 allowed, 16 denied).
+            # The supervisor's /metrics sums both workers' decisions (18 + 18 allowed, 18 denied).
             body = await asyncio.to_thread(lambda: urllib.request.urlopen(metrics.group(1), timeout=5).read())
             allowed = sum(
                 float(m.group(1))
                 for m in re.finditer(rb'gerrit_authz_decisions_total\{allowed="true"[^}]*\} (\S+)', body)
             )
-            assert allowed == 32, body.decode()[:2000]
+            assert allowed == 36, body.decode()[:2000]
         finally:
             for channel in channels:
                 await channel.close()
@@ -162,6 +169,41 @@ rules:
         assert "stopped" in (await proc.stdout.read()).decode()
         for pid in pids:
             assert not os.path.exists(f"/proc/{pid}"), f"worker {pid} outlived the supervisor"  # noqa: ASYNC240
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_worker_that_dies_stops_the_service_with_a_failure(tmp_path: Path, gerrit: str) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"""
+server: {{listen: "127.0.0.1:0", admin_listen: null, workers: 2, shutdown_grace: 1s}}
+gerrit: {{url: "{gerrit}", username: authz-bot, password_env: TEST_GERRIT_PASSWORD}}
+identity: [{{gerrit_http_credentials: {{}}}}]
+rules: [{{name: devs, match: {{path_prefix: /}}, require: {{group: devs}}}}]
+""")
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "authz_server", "serve", "--config", str(config)),
+        env={**os.environ, "TEST_GERRIT_PASSWORD": "bot-password"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    pids: list[int] = []
+    try:
+        while not pids:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+            assert line
+            if found := re.search(r"workers \(([\d, ]+)\)", line):
+                pids = [int(p) for p in found.group(1).split(", ")]
+        os.kill(pids[1], signal.SIGKILL)
+        assert await asyncio.wait_for(proc.wait(), 30) == 1
+        assert "exited with status -9; stopping every worker" in (await proc.stderr.read()).decode()
+        assert not os.path.exists(f"/proc/{pids[0]}")  # noqa: ASYNC240 - the survivor was stopped too
     finally:
         if proc.returncode is None:
             proc.kill()
