@@ -26,7 +26,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ._facts import Fact
@@ -60,6 +60,19 @@ def memoizable(decision: Decision, facts: Sequence[Fact[Any]]) -> bool:
     if decision.identity.error is not None:
         return False
     return all(f.source != "stale_cache" and f.scopes for f in facts)
+
+
+def _as_a_hit_sees_it(decision: Decision) -> Decision:
+    """``decision`` as a fresh evaluation during the entry's life would show it: every fact it read is then a
+    current, fresh cache entry, so what Gerrit answered is shown (trace, identity, metrics, spans) as ``cache``."""
+    trace = [replace(t, source="cache") if t.source == "gerrit" else t for t in decision.trace]
+    identity = decision.identity
+    if identity.account_source == "gerrit":
+        principal = identity.principal
+        if principal is not None and principal.account_source == "gerrit":
+            principal = replace(principal, account_source="cache")
+        identity = replace(identity, principal=principal, account_source="cache")
+    return replace(decision, trace=trace, identity=identity)
 
 
 def _token_expiry(decision: Decision) -> float:
@@ -144,7 +157,7 @@ class DecisionMemo:
             return False
         buckets = tuple({bucket(s) for f in facts for s in f.scopes})
         entries = self._entries
-        entries[key] = MemoEntry(decision, snapshot, buckets, expires)
+        entries[key] = MemoEntry(_as_a_hit_sees_it(decision), snapshot, buckets, expires)
         entries.move_to_end(key)
         while len(entries) > self._max:
             entries.popitem(last=False)

@@ -65,9 +65,8 @@ class Metrics:
             "shadow" if decision.shadow else "enforce",
         ).inc()
         self._duration.observe(seconds)
-        if decision.memo:
+        if decision.memo:  # its lookups are counted as the cache hits a fresh decision would have made
             self._memo_hits.labels(decision.rule).inc()
-            return  # its lookups were counted when it was made
         for entry in decision.trace:
             if entry.source:
                 self._lookups.labels(entry.kind, entry.source).inc()
