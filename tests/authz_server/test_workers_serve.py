@@ -86,7 +86,7 @@ async def test_two_workers_share_the_port_and_an_invalidation(tmp_path: Path, ge
     config = tmp_path / "config.yaml"
     config.write_text(f"""
 server: {{listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0", metrics_listen: "127.0.0.1:0", workers: 2,
-          worker_port_base: 0}}
+          worker_port_base: 0, config_watch_interval: 0s}}
 gerrit: {{url: "{gerrit}", username: authz-bot, password_env: TEST_GERRIT_PASSWORD}}
 identity: [{{gerrit_http_credentials: {{}}}}]
 rules:
@@ -160,6 +160,18 @@ rules:
                 for m in re.finditer(rb'gerrit_authz_decisions_total\{allowed="true"[^}]*\} (\S+)', body)
             )
             assert allowed == 36, body.decode()[:2000]
+
+            # A reload (SIGHUP to the supervisor, forwarded): every worker switches to the new policy, and the
+            # memo of the old one is gone with it.
+            config.write_text(config.read_text().replace("require: {group: devs}", "require: authenticated"))
+            proc.send_signal(signal.SIGHUP)
+            reloaded = time.monotonic()
+            while time.monotonic() - reloaded < 10:
+                answers = [await stub.Check(request, timeout=10) for stub in stubs]
+                if all(a.status.code == 0 for a in answers):
+                    break
+                await asyncio.sleep(0.05)
+            assert [a.status.code for a in answers] == [0] * len(stubs), "a worker kept the old policy"
         finally:
             for channel in channels:
                 await channel.close()
