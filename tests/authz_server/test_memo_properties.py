@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from _support.factories import basic_auth, make_input, make_rules
 from _support.oidc import SigningKey, make_claims
+from _support.redis import RedisServer, redis_binary
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
@@ -150,7 +153,7 @@ class Memoized(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.clock = Clock()
         self.world = World()
-        self.store = MemoryStore(max_entries=50, clock=self.clock)
+        self.store = self.make_store()
         self.cache = CachedGerrit(
             WorldGerrit(self.world), self.store, TTL, stale_if_error=0, secret=b"k" * 32, clock=self.clock
         )
@@ -160,7 +163,12 @@ class Memoized(RuleBasedStateMachine):
         self.verifier = JwtVerifier(self.jwt_config, self.http, clock=self.clock)
         self.hits = 0
         self.variant = 0
+        self.tokens: dict[tuple[str, int], str] = {}  # a token is kept (and expires) until new_tokens
+        self.seen: list[tuple[str, int, str]] = []  # requests made, to be made again
         self._build()
+
+    def make_store(self) -> Any:
+        return MemoryStore(max_entries=50, clock=self.clock)
 
     @staticmethod
     def _jwks(request: httpx.Request) -> httpx.Response:
@@ -179,6 +187,7 @@ class Memoized(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.run(self.http.aclose())
+        self.run(self.store.close())
         self.loop.close()
 
     # -- Checks ----------------------------------------------------------------------------------------------
@@ -187,11 +196,13 @@ class Memoized(RuleBasedStateMachine):
         if who == "none":
             return {}
         if who.startswith("jwt:"):
-            name = who[4:]
-            claims = make_claims(ISSUER, AUD, now=self.clock.now, lifetime=lifetime, email=f"{name}@example.com")
-            claims["role"] = "admin" if name == "bob" else "dev"
-            # Issued on a whole second, so the same token recurs while the clock stands still.
-            return {"authorization": "Bearer " + KEY.sign(claims)}
+            token = self.tokens.get((who, lifetime))
+            if token is None:
+                name = who[4:]
+                claims = make_claims(ISSUER, AUD, now=self.clock.now, lifetime=lifetime, email=f"{name}@example.com")
+                claims["role"] = "admin" if name == "bob" else "dev"
+                token = self.tokens[(who, lifetime)] = KEY.sign(claims)
+            return {"authorization": "Bearer " + token}
         user, _, password = who.partition(":")
         return {"authorization": basic_auth(user, password)}
 
@@ -202,6 +213,20 @@ class Memoized(RuleBasedStateMachine):
         repeat=st.integers(1, 3),
     )
     def check(self, who: str, lifetime: int, path: str, repeat: int) -> None:
+        self.seen.append((who, lifetime, path))
+        self._decide_both(who, lifetime, path, repeat)
+
+    @rule(data=st.data())
+    def check_again(self, data: st.DataObject) -> None:
+        """A request already made (so possibly remembered), whatever happened since."""
+        if self.seen:
+            self._decide_both(*data.draw(st.sampled_from(self.seen)), 1)
+
+    @rule()
+    def new_tokens(self) -> None:
+        self.tokens.clear()
+
+    def _decide_both(self, who: str, lifetime: int, path: str, repeat: int) -> None:
         inp = make_input("GET", path, self._credential(who, lifetime))
         for _ in range(repeat):
             memoized = self.run(self.memoized.decide(inp, Deadline.after(5)))
@@ -276,8 +301,18 @@ class NoRecheck(DecisionMemo):
         return True
 
 
+class NoExpiry(DecisionMemo):
+    """The other mutant: a hit ignores the facts' TTLs and the token's ``exp`` (generations still checked)."""
+
+    async def get(self, key: bytes) -> Decision | None:
+        entry = self._entries.get(key)
+        if entry is None or not await self._current(entry):
+            return None
+        return entry.decision
+
+
 SETTINGS = settings(
-    max_examples=150,
+    max_examples=300,
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -311,12 +346,64 @@ def test_a_memoized_answer_equals_a_fresh_one(events_config: EventsConfig) -> No
     assert sum(hits) > 0, "the memo was never hit: the property proved nothing"
 
 
-def test_without_the_generation_recheck_the_property_fails(events_config: EventsConfig) -> None:
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    binary = redis_binary()
+    if binary is None:
+        pytest.fail("redis-server is not installed (scripts/setup.sh installs it)")
+    server = RedisServer(binary).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_on_redis_too(events_config: EventsConfig, redis_server: RedisServer) -> None:
+    """The same property with the generations in a real Redis (a hit re-reads them there), and the loss of the
+    whole Redis (allkeys-lru or a restart) as one more event."""
+    import redis.asyncio as aioredis
+
+    from authz_server._store import RedisStore
+
+    hits: list[int] = []
+
+    class OnRedis(Memoized):
+        def make_store(self) -> Any:
+            self.namespace = f"m-{uuid.uuid4().hex[:10]}:"
+            return RedisStore(redis_server.url, self.namespace, op_timeout=2.0)
+
+        @rule()
+        def lose_redis(self) -> None:
+            async def lose() -> None:
+                raw = aioredis.Redis.from_url(redis_server.url)
+                keys = [k async for k in raw.scan_iter(match=f"{self.namespace}*")]
+                if keys:
+                    await raw.delete(*keys)
+                await raw.aclose()
+
+            self.run(lose())
+
+        def teardown(self) -> None:
+            hits.append(self.hits)
+            super().teardown()
+
+    OnRedis.events_config = events_config
+    run_state_machine_as_test(OnRedis, settings=settings(SETTINGS, max_examples=40))
+    assert sum(hits) > 0
+
+
+@pytest.mark.parametrize("mutant", [NoRecheck, NoExpiry], ids=["no-generation-recheck", "no-expiry"])
+def test_without_the_generation_recheck_the_property_fails(
+    events_config: EventsConfig, mutant: type[DecisionMemo]
+) -> None:
     class Mutant(Memoized):
-        memo_class = NoRecheck
+        memo_class = mutant
 
     Mutant.events_config = events_config
+    # The expiry mutant needs a request made again after its token or a fact expired, with nothing invalidating
+    # in between: rarer, so more examples.
+    examples = 150 if mutant is NoRecheck else 600
     with pytest.raises(AssertionError) as info:
-        run_state_machine_as_test(Mutant, settings=SETTINGS)
+        run_state_machine_as_test(Mutant, settings=settings(SETTINGS, max_examples=examples))
     # It is a memo hit that disagrees with the fresh decision (the message ends with the hit's ``memo`` flag).
     assert str(info.value).splitlines()[0].endswith(", True)"), info.value
