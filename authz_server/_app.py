@@ -21,6 +21,7 @@ from ._identity import (
     MtlsSource,
 )
 from ._identity.jwt import JwtVerifier
+from ._memo import DecisionMemo
 from ._opstats import RotationStats
 from ._policy import Policy
 from ._redis_conn import RedisConnection
@@ -162,11 +163,14 @@ def build_components(
             sources.append(MtlsSource(entry.mtls))
     if tracing is not None:
         sources = [tracing.traced_source(s) for s in sources]
+    # The memo belongs to this policy: a reload builds a new one (nothing remembered survives a policy change).
+    memo = DecisionMemo(store, key, max_entries=config.cache.max_entries) if config.cache.decision_memo else None
     authorizer = Authorizer(
         Policy.from_config(config.rules),
         IdentityResolver(sources, cache),
         cache,
         shadow=config.server.mode == "shadow",
         challenges=challenge_schemes(config.identity),
+        memo=memo,
     )
     return Components(config, authorizer, cache, store, http, key, stats, tracing, idp_http)

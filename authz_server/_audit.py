@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import select
 import sys
 from collections.abc import Callable
 from typing import TextIO
@@ -49,6 +51,8 @@ def audit_line(
         "via": via,
         # In shadow mode "allowed" is what the caller got; http_status and code are the real decision.
         "shadow": decision.shadow,
+        # Answered from the decision memo: the decision an identical Check got, still exactly a fresh one's.
+        "memo": decision.memo,
     }
     if trace is not None:  # with tracing on: the decision's OpenTelemetry trace and span
         line["trace_id"], line["span_id"] = trace
@@ -77,8 +81,44 @@ class AuditLog:
             AUDIT_LOGGER.info(audit_line(decision, inp, elapsed_ms=elapsed_ms, via=via, trace=trace))
 
 
+class _LineWriter:
+    """Buffers whole lines and writes them in chunks of at most ``PIPE_BUF`` bytes, each holding whole lines: the
+    workers of ``server.workers`` share one stderr, and a write that size is never interleaved with another
+    process's, so no audit line is ever torn (a buffered text stream would cut lines at its buffer's edge)."""
+
+    def __init__(self, fd: int, limit: int = 1 << 16) -> None:
+        self._fd = fd
+        self._limit = limit
+        self._lines: list[bytes] = []
+        self._size = 0
+
+    def write(self, text: str) -> None:
+        data = text.encode("utf-8", "backslashreplace")
+        self._lines.append(data)
+        self._size += len(data)
+        if self._size >= self._limit:
+            self.flush()
+
+    def flush(self) -> None:
+        lines, self._lines, self._size = self._lines, [], 0
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            if chunk and size + len(line) > select.PIPE_BUF:
+                self._out(b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+        if chunk:
+            self._out(b"".join(chunk))
+
+    def _out(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+
 def stderr_audit_log(stream: TextIO | None = None) -> AuditLog:
     """Lines to a 64 KiB-buffered writer on stderr's file descriptor; the server flushes it a few times a second."""
-    fd = (stream or sys.stderr).fileno()
-    out = open(fd, "w", buffering=1 << 16, closefd=False, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+    out = _LineWriter((stream or sys.stderr).fileno())
     return AuditLog(out.write, out.flush)

@@ -18,11 +18,13 @@ joins a lookup that was in flight before it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import hmac
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from ._accounts import AccountKey, account_key
@@ -43,7 +45,7 @@ from ._store import Entry, Store
 from .config import TtlConfig
 from .errors import Unavailable
 
-__all__ = ["ROOT_PROJECT", "CachedGerrit", "scopes_of"]
+__all__ = ["ROOT_PROJECT", "CachedGerrit", "recording_facts", "scopes_of"]
 
 T = TypeVar("T")
 
@@ -66,6 +68,30 @@ _BASE: dict[str, tuple[str, ...]] = {
     # requirement may name groups (ownerin:, uploaderin:).
     "change": (EVERY_CHANGE, CONFIG, GROUPS),
 }
+
+
+# The facts a decision used, collected while it runs (see recording_facts). A context variable, so lookups run
+# concurrently by asyncio.gather (tasks copy the context, and with it this same list) are recorded too.
+_USED: contextvars.ContextVar[list[Fact[Any]] | None] = contextvars.ContextVar("gerrit_authz_facts_used", default=None)
+
+
+@contextmanager
+def recording_facts() -> Iterator[list[Fact[Any]]]:
+    """Every :class:`Fact` a :class:`CachedGerrit` hands out inside the block (to this task and the tasks it
+    starts), in order: what a memoized decision depends on."""
+    used: list[Fact[Any]] = []
+    token = _USED.set(used)
+    try:
+        yield used
+    finally:
+        _USED.reset(token)
+
+
+def _used(fact: Fact[T]) -> Fact[T]:
+    used = _USED.get()
+    if used is not None:
+        used.append(fact)
+    return fact
 
 
 def _tag(name: str, value: object) -> str:
@@ -158,16 +184,17 @@ class CachedGerrit:
         now = self._clock()
         if entry is not None and current and now < entry.fresh_until:
             value = self._decode(kind, entry.payload)
-            return Fact(value, "cache", scopes=scopes_of(kind, requested, value))
+            return _used(Fact(value, "cache", scopes=scopes_of(kind, requested, value), fresh_until=entry.fresh_until))
         try:
-            return await self._single_flight(kind, key, snapshot, requested, negative, fetch, deadline)
+            return _used(await self._single_flight(kind, key, snapshot, requested, negative, fetch, deadline))
         except Unavailable as exc:
             # An entry that is not current was invalidated: it never stands in, not even during an outage (asked
             # again: an invalidation may have landed while Gerrit was being asked).
             usable = exc.transient and entry is not None and current and now < entry.stale_until
             if usable and entry is not None and await self._holds(entry.snapshot, entry.buckets):
                 value = self._decode(kind, entry.payload)
-                return Fact(value, "stale_cache", detail=exc.reason, scopes=scopes_of(kind, requested, value))
+                stale = Fact(value, "stale_cache", exc.reason, scopes_of(kind, requested, value), fresh_until=now)
+                return _used(stale)
             raise
 
     async def _holds(self, snapshot: Snapshot, buckets: tuple[int, ...]) -> bool:
@@ -216,6 +243,10 @@ class CachedGerrit:
             self._inflight[flight] = future
             try:
                 fact, stored_under, buckets = await self._fetch(kind, requested, snapshot, fetch)
+                is_negative = negative(fact.value)
+                ttl = self._ttl.negative if is_negative else getattr(self._ttl, kind)
+                now = self._clock()
+                fact = Fact(fact.value, fact.source, fact.detail, fact.scopes, fresh_until=now + ttl)
             except BaseException as exc:
                 if isinstance(exc, Exception):
                     future.set_exception(exc)
@@ -226,13 +257,10 @@ class CachedGerrit:
             finally:
                 del self._inflight[flight]
             future.set_result(fact)
-            is_negative = negative(fact.value)
-            ttl = self._ttl.negative if is_negative else getattr(self._ttl, kind)
             if ttl > 0 and stored_under is not None:
                 keep = ttl if is_negative else ttl + self._stale
                 value = _trimmed(fact.value)
                 payload = CODECS[kind][0](value) if self._encodes else value
-                now = self._clock()
                 await self._store.write(key, Entry(payload, now + ttl, now + keep, stored_under, buckets), keep)
             return fact
         try:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from ._cache import recording_facts
 from ._deadline import Deadline
 from ._evaluate import Context, TraceEntry, evaluate
 from ._facts import GerritFacts
@@ -16,6 +17,9 @@ from ._identity import ANONYMOUS, Identity, IdentityResolver
 from ._input import CheckInput
 from ._policy import Match, Policy
 from .errors import AuthzError, PermissionDenied, Unauthenticated, status_for
+
+if TYPE_CHECKING:
+    from ._memo import DecisionMemo
 
 __all__ = ["Authorizer", "Decider", "Decision", "new_decision_id"]
 
@@ -39,6 +43,8 @@ class Decision:
     trace: list[TraceEntry] = field(default_factory=list)
     shadow: bool = False
     challenges: tuple[str, ...] = ("Bearer",)
+    #: answered from the decision memo (the same decision as a fresh one, made earlier; see :mod:`._memo`)
+    memo: bool = False
 
     @property
     def allowed(self) -> bool:
@@ -71,6 +77,7 @@ class Authorizer:
 
     ``shadow``: the whole policy runs in shadow mode (``server.mode: shadow``); a rule may also be shadowed alone.
     ``challenges``: the schemes a 401 offers (``_response.challenge_schemes`` of the identity configuration).
+    ``memo``: remembers whole decisions while everything they read is unchanged (``cache.decision_memo``).
     """
 
     def __init__(
@@ -81,12 +88,14 @@ class Authorizer:
         *,
         shadow: bool = False,
         challenges: tuple[str, ...] = ("Bearer",),
+        memo: DecisionMemo | None = None,
     ) -> None:
         self._policy = policy
         self._identity = identity
         self._facts = facts
         self._shadow = shadow
         self._challenges = challenges
+        self.memo = memo
 
     async def decide(self, inp: CheckInput, deadline: Deadline, decision_id: str | None = None) -> Decision:
         decision_id = decision_id or new_decision_id()
@@ -94,13 +103,30 @@ class Authorizer:
             match = self._policy.match(inp)
         except AuthzError as exc:  # a path that cannot be matched (400): never shadowed
             return Decision(decision_id, exc)
+        shadow = self._shadow or (match is not None and match.rule.shadow)
+        memo = self.memo
+        if memo is None or match is None:
+            return _shadowed(await self._decided(inp, match, deadline, decision_id), shadow)
+        key = memo.key(match, inp)
+        remembered = await memo.get(key)
+        if remembered is not None:
+            r = remembered  # built directly: dataclasses.replace costs a few µs on the path this exists for
+            hit = Decision(decision_id, r.error, r.rule, r.identity, r.trace, r.shadow, r.challenges, memo=True)
+            return _shadowed(hit, shadow)
+        snapshot = await memo.snapshot()  # before the first lookup: any invalidation after it is seen by a hit
+        with recording_facts() as used:
+            decision = await self._decided(inp, match, deadline, decision_id)
+        memo.put(key, decision, snapshot, used)
+        return _shadowed(decision, shadow)
+
+    async def _decided(self, inp: CheckInput, match: Match | None, deadline: Deadline, decision_id: str) -> Decision:
         try:
             decision = await self._decide(inp, match, deadline, decision_id)
         except AuthzError as exc:
             decision = Decision(decision_id, exc)
         if isinstance(decision.error, Unauthenticated) and decision.challenges != self._challenges:
             decision = replace(decision, challenges=self._challenges)
-        return _shadowed(decision, self._shadow or (match is not None and match.rule.shadow))
+        return decision
 
     async def _decide(self, inp: CheckInput, match: Match | None, deadline: Deadline, decision_id: str) -> Decision:
         if match is None:

@@ -80,6 +80,9 @@ class Fact(Generic[T]):
     #: The generation scopes the answer depends on (set by the cache; see :mod:`._generations`): a memo of a
     #: decision made from it is current only while none of them was bumped.
     scopes: tuple[str, ...] = ()
+    #: Until when (the cache's clock, ``time.time``) the answer may be used without asking Gerrit again (set by
+    #: the cache; a memoized decision made from it must not outlive it).
+    fresh_until: float = float("inf")
 
 
 class GerritFacts(Protocol):

@@ -25,10 +25,13 @@ change's number) as well as by what the request named, so an answer is reached w
 
 from __future__ import annotations
 
+import fcntl
+import mmap
 import os
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = [
     "BUCKETS",
@@ -36,13 +39,17 @@ __all__ = [
     "EVERY_ACCOUNT",
     "EVERY_CHANGE",
     "GROUPS",
+    "Generations",
     "MemoryGenerations",
+    "SharedGenerations",
     "Snapshot",
     "account_scope",
     "bucket",
     "change_scope",
     "name_scope",
     "new_epoch",
+    "process_generations",
+    "share_generations",
 ]
 
 #: Slots of the generation table (a power of two). 65536 small integers: ~0.5 MiB in process, a few MiB in Redis.
@@ -124,3 +131,112 @@ class MemoryGenerations:
         self.epoch = new_epoch()
         self.clock += 1
         self.snapshot = Snapshot(self.epoch, self.clock)
+
+
+class SharedGenerations:
+    """The table in a file mapped into every worker process of one host (``server.workers``): a bump in any of
+    them is seen by the next read in all of them, with no message to deliver and none to miss.
+
+    Layout: 64-bit integers ``[epoch, clock, slot 0 .. slot BUCKETS-1]``. Reads take no lock: a bump writes its
+    slots before it advances the clock, so a reader sees either the whole bump or a table on which an answer it
+    would have kept was looked up before the bump (and so is refused when checked). Bumps are serialised by an
+    ``flock`` on the file, so two processes never draw the same clock value.
+    """
+
+    __slots__ = ("_epoch", "_epoch_text", "_fd", "_map", "_snapshot", "_table")
+
+    SIZE = (BUCKETS + 2) * 8
+
+    def __init__(self, path: str | Path) -> None:
+        self._fd = os.open(path, os.O_RDWR)
+        self._map = mmap.mmap(self._fd, self.SIZE)
+        self._table = memoryview(self._map).cast("q")
+        self._epoch = 0
+        self._epoch_text = ""
+        self._snapshot = Snapshot("", -1)
+
+    @classmethod
+    def create(cls, path: str | Path) -> SharedGenerations:
+        """A new table file at ``path`` (only the owner may read it), with a random epoch."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, cls.SIZE)
+        finally:
+            os.close(fd)
+        table = cls(path)
+        table._table[0] = int.from_bytes(os.urandom(7), "big") + 1
+        return table
+
+    def _epoch_now(self) -> str:
+        epoch = self._table[0]
+        if epoch != self._epoch:
+            self._epoch, self._epoch_text = epoch, format(epoch, "x")
+        return self._epoch_text
+
+    @property
+    def epoch(self) -> str:
+        return self._epoch_now()
+
+    @property
+    def clock(self) -> int:
+        return int(self._table[1])
+
+    @property
+    def snapshot(self) -> Snapshot:
+        clock = self._table[1]  # read before the epoch: a bump_all writes the epoch first
+        snapshot = self._snapshot
+        epoch = self._epoch_now()
+        if snapshot.clock != clock or snapshot.epoch != epoch:
+            snapshot = self._snapshot = Snapshot(epoch, clock)
+        return snapshot
+
+    def current(self, snapshot: Snapshot, buckets: Iterable[int]) -> bool:
+        if snapshot.epoch != self._epoch_now():
+            return False
+        table, clock = self._table, snapshot.clock
+        for b in buckets:  # noqa: SIM110 - as MemoryGenerations.current
+            if table[b + 2] > clock:
+                return False
+        return True
+
+    def bump(self, buckets: Iterable[int]) -> None:
+        table = self._table
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            clock = table[1] + 1
+            for b in buckets:
+                table[b + 2] = clock
+            table[1] = clock
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def bump_all(self) -> None:
+        table = self._table
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            table[0] = int.from_bytes(os.urandom(7), "big") + 1
+            table[1] += 1
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self._table.release()
+        self._map.close()
+        os.close(self._fd)
+
+
+Generations = MemoryGenerations | SharedGenerations
+
+_shared: SharedGenerations | None = None
+
+
+def share_generations(path: str | Path | None) -> None:
+    """Make every memory store of this process use the table file at ``path`` (a worker of ``server.workers``);
+    None: a table of its own per store (one process)."""
+    global _shared
+    _shared = None if path is None else SharedGenerations(path)
+
+
+def process_generations() -> Generations:
+    """The table a new memory store uses: the host's shared one in a worker, else a new one of its own."""
+    return _shared if _shared is not None else MemoryGenerations()

@@ -42,6 +42,12 @@ class Metrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
+        self._memo_hits = Counter(
+            "gerrit_authz_decision_memo_hits",
+            "Checks answered from the decision memo (no identity check, no fact lookup), by rule.",
+            ["rule"],
+            registry=self.registry,
+        )
         self._lookups = Counter(
             "gerrit_authz_lookups",
             "Gerrit facts behind decisions, by requirement kind and where the answer came from.",
@@ -59,6 +65,8 @@ class Metrics:
             "shadow" if decision.shadow else "enforce",
         ).inc()
         self._duration.observe(seconds)
+        if decision.memo:  # its lookups are counted as the cache hits a fresh decision would have made
+            self._memo_hits.labels(decision.rule).inc()
         for entry in decision.trace:
             if entry.source:
                 self._lookups.labels(entry.kind, entry.source).inc()

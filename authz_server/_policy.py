@@ -28,6 +28,13 @@ from .errors import BadRequest
 
 __all__ = ["Match", "Policy", "Rule"]
 
+# Matching is a pure function of (method, path, host, context extensions, the methods an override names): the
+# answers for the most recent ones are kept (a repeated request skips the templates and the other readings).
+# Bounded in entries and in key size, so the memory is bounded whatever the requests.
+_MATCHES_KEPT = 4096
+_MATCH_KEY_MAX = 1024  # longer paths are matched every time
+_MISS = object()
+
 
 def _without_port(host: str) -> str:
     """``example.com:8080`` → ``example.com``; ``[::1]:8080`` → ``[::1]``."""
@@ -132,6 +139,7 @@ class Policy:
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(rules)
         self._order = {id(rule): i for i, rule in enumerate(self.rules)}  # the rules live as long as the policy
+        self._matches: dict[tuple[object, ...], Match | None] = {}
 
     @classmethod
     def from_config(cls, rules: Sequence[RuleConfig]) -> Policy:
@@ -146,14 +154,27 @@ class Policy:
 
     def match(self, inp: CheckInput) -> Match | None:
         """The first rule for ``inp``; raises ``ambiguous_path`` when another reading of it could change it."""
+        overrides = override_methods(inp.method, inp.headers, inp.query)
+        key: tuple[object, ...] | None = None
+        if len(inp.path) + len(inp.host) <= _MATCH_KEY_MAX:
+            context = tuple(inp.context_extensions.items()) if inp.context_extensions else ()
+            key = (inp.method, inp.path, inp.host, context, frozenset(overrides))
+            kept = self._matches.get(key, _MISS)
+            if kept is not _MISS:
+                return kept  # type: ignore[return-value]
         found = self._slash_checked(inp)
         if found is not None:
-            self._refuse_stricter_readings(inp, found)
+            self._refuse_stricter_readings(inp, found, overrides)
+        if key is not None:  # refusals (raised above) are not kept: they are rare and cheap to redo
+            matches = self._matches
+            if len(matches) >= _MATCHES_KEPT:
+                del matches[next(iter(matches))]  # the oldest
+            matches[key] = found
         return found
 
-    def _refuse_stricter_readings(self, inp: CheckInput, found: Match) -> None:
+    def _refuse_stricter_readings(self, inp: CheckInput, found: Match, overrides: set[str]) -> None:
         """Raise when a rule placed above ``found`` governs another reading of the request."""
-        for method in override_methods(inp.method, inp.headers, inp.query):
+        for method in overrides:
             other = next(
                 (
                     r

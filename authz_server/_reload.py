@@ -43,6 +43,8 @@ _RESTART_KEYS = (
     "tls",
     "admin_tls",
     "caller_authentication",
+    "workers",
+    "worker_port_base",
 )
 # What the caller-trust rule reads: until a restart, the running listeners' settings, not the new file's.
 _LISTENER_KEYS = ("listen", "admin_listen", "tls", "admin_tls", "caller_authentication")

@@ -7,6 +7,7 @@ on SIGTERM health turns NOT_SERVING first, then ``server.stop(grace)`` lets in-f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -27,12 +28,14 @@ from ._audit import AuditLog, stderr_audit_log
 from ._caller_trust import plaintext_exposed
 from ._callers import AllowedCallers
 from ._events import EventFollower
+from ._generations import share_generations
 from ._metrics import Metrics, StreamMetrics
 from ._opstats import ReloadStats
 from ._reload import LiveRuntime, Reloader
 from ._servicer import AuthorizationServicer
 from ._telemetry_config import telemetry_settings
 from ._tls import CertificateFiles
+from ._workers import WORKER_LISTENING, WORKER_READY, die_with_parent, supervise, worker_role
 from .config import Config, TlsConfig
 
 if TYPE_CHECKING:
@@ -44,6 +47,8 @@ log = logging.getLogger("gerrit_authz.server")
 AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 _OPTIONS = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)]
+# The workers of server.workers share their listeners' ports (the kernel spreads the connections).
+_WORKER_OPTIONS = [("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 4 * 1024 * 1024)]
 
 
 def _host(listen: str) -> str:
@@ -75,15 +80,20 @@ class AuthzServer:
     reloads: ReloadStats | None = None
     tls: CertificateFiles | None = None  # the Check listener's certificate files (re-read when they change)
     admin_tls: CertificateFiles | None = None
+    serve_metrics: bool = True  # False in a worker: the supervisor serves every worker's metrics
+    own_listen: str | None = None  # a worker's own ext_authz address (server.worker_port_base)
+    own_address: str = ""
 
     async def start(self) -> None:
         cfg = self.components.config.server
         self.address = _bind(self.server, cfg.listen, self.tls)
+        if self.own_listen is not None:  # the same servicers and TLS, on an address of this worker alone
+            self.own_address = _bind(self.server, self.own_listen, self.tls)
         warn_if_exposed(self.components.config)
         if self.admin is not None and cfg.admin_listen is not None:
             self.admin_address = _bind(self.admin, cfg.admin_listen, self.admin_tls)
             await self.admin.start()
-        if self.metrics is not None and cfg.metrics_listen is not None:
+        if self.metrics is not None and cfg.metrics_listen is not None and self.serve_metrics:
             self.metrics_address = f"{_host(cfg.metrics_listen)}:{self.metrics.serve(cfg.metrics_listen)}"
         await self.server.start()
         for service in ("", AUTHZ_SERVICE):
@@ -121,8 +131,18 @@ def warn_if_exposed(config: Config) -> bool:
     return True
 
 
-def build_server(config: Config, components: Components | None = None, *, audit: AuditLog | None = None) -> AuthzServer:
-    """Build (not start) the servers for ``config``. Audit lines go to ``audit`` (default: the audit logger)."""
+def build_server(
+    config: Config,
+    components: Components | None = None,
+    *,
+    audit: AuditLog | None = None,
+    worker: int | None = None,
+) -> AuthzServer:
+    """Build (not start) the servers for ``config``. Audit lines go to ``audit`` (default: the audit logger).
+
+    ``worker``: this process is that worker of ``server.workers`` (listeners shared with SO_REUSEPORT, metrics
+    served by the supervisor, the event stream followed by worker 0 only)."""
+    options = _OPTIONS if worker is None else _WORKER_OPTIONS
     components = components or build_components(config, tracing=make_tracing(config))
     audit = audit or AuditLog()
     cfg = config.server
@@ -136,7 +156,7 @@ def build_server(config: Config, components: Components | None = None, *, audit:
     # Certificates are read now: an unreadable or mismatched pair fails the start, naming its key.
     tls = CertificateFiles(cfg.tls, "server.tls") if cfg.tls is not None else None
     admin_tls = CertificateFiles(cfg.admin_tls, "server.admin_tls") if cfg.admin_tls is not None else None
-    server = grpc.aio.server(options=_OPTIONS, interceptors=_interceptors(cfg.tls))
+    server = grpc.aio.server(options=options, interceptors=_interceptors(cfg.tls))
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
         AuthorizationServicer(
             runtime,
@@ -162,7 +182,7 @@ def build_server(config: Config, components: Components | None = None, *, audit:
         )
     admin = None
     if cfg.admin_listen is not None:
-        admin = grpc.aio.server(options=_OPTIONS, interceptors=_interceptors(cfg.admin_tls))
+        admin = grpc.aio.server(options=options, interceptors=_interceptors(cfg.admin_tls))
         admin_pb2_grpc.add_AdminServicer_to_server(
             AdminServicer(
                 runtime,
@@ -177,7 +197,7 @@ def build_server(config: Config, components: Components | None = None, *, audit:
         if cfg.reflection:
             reflection.enable_server_reflection((ADMIN_SERVICE, reflection.SERVICE_NAME), admin)
     events = None
-    if config.gerrit.events is not None:
+    if config.gerrit.events is not None and not worker:  # one stream per host: worker 0's
         observer = StreamMetrics(metrics.registry) if metrics is not None else None
         # Through the runtime: after a reload the events reach the cache that Checks use now.
         events = EventFollower(config.gerrit.events, runtime, observer=observer)
@@ -192,6 +212,7 @@ def build_server(config: Config, components: Components | None = None, *, audit:
         events=events,
         tls=tls,
         admin_tls=admin_tls,
+        serve_metrics=worker is None,
     )
 
 
@@ -224,11 +245,23 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-async def serve(config: Config, *, ready: asyncio.Event | None = None, config_path: str | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully. With ``config_path``, reload it on SIGHUP and when
-    it changes."""
+async def serve(config: Config, *, ready: asyncio.Event | None = None, config_path: str | None = None) -> int:
+    """Run until SIGTERM/SIGINT, then shut down gracefully; the exit status. With ``config_path``, reload it on
+    SIGHUP and when it changes. With ``server.workers`` > 1 this process supervises that many workers, each of
+    them ``serve`` again (see :mod:`._workers`)."""
+    role = worker_role()
+    if role is None and config.server.workers > 1:
+        if config_path is None:
+            raise ValueError("server.workers > 1 needs the configuration file (each worker reads it)")
+        return await supervise(config, config_path)
+    if role is not None:
+        die_with_parent()
+        share_generations(role.table)
+        config = role.apply(config)
     audit = stderr_audit_log()
-    app = build_server(config, audit=audit)
+    app = build_server(config, audit=audit, worker=None if role is None else role.index)
+    if role is not None:
+        app.own_listen = role.own_listen
     reloader = None
     if config_path is not None and app.runtime is not None and app.reloads is not None:
         # Before the addresses are printed: a change made as soon as we are up is never missed.
@@ -247,6 +280,10 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None, config_pa
         loop.add_signal_handler(sig, stop.set)
     if ready is not None:
         ready.set()
+    if role is not None:
+        if app.own_address:
+            print(f"{WORKER_LISTENING}{role.index} ext_authz gRPC listening on {app.own_address}", flush=True)
+        print(WORKER_READY, flush=True)  # to the supervisor, which prints the addresses once
     flusher = asyncio.create_task(_flush_every(audit, 0.2))
     await stop.wait()
     if reloader is not None:
@@ -255,7 +292,9 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None, config_pa
     await app.stop()
     flusher.cancel()
     audit.flush()
-    print("gerrit-authz: stopped", flush=True)
+    with contextlib.suppress(BrokenPipeError):  # a worker whose supervisor was killed is stopping anyway
+        print("gerrit-authz: stopped", flush=True)
+    return 0
 
 
 async def _flush_every(audit: AuditLog, seconds: float) -> None:

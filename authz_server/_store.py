@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ._generations import MemoryGenerations, Snapshot, new_epoch
+from ._generations import Generations, Snapshot, new_epoch, process_generations
 from ._redis_conn import RedisConnection, redis_cache_options
 from .errors import Unavailable
 
@@ -86,11 +86,18 @@ class MemoryStore:
 
     encodes = False
 
-    def __init__(self, max_entries: int = 100_000, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        max_entries: int = 100_000,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        generations: Generations | None = None,
+    ) -> None:
         self._max = max_entries
         self._clock = clock
         self._entries: OrderedDict[str, tuple[Entry, float]] = OrderedDict()
-        self.generations = MemoryGenerations()
+        # In a worker of server.workers: the table shared by every worker of the host (see _generations).
+        self.generations: Generations = generations if generations is not None else process_generations()
 
     async def read(self, key: str) -> tuple[Entry | None, bool, Snapshot]:
         gens = self.generations

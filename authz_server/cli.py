@@ -98,8 +98,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     config = _load_runnable(args.config)
     _setup_logging(args.log_level)
-    asyncio.run(serve(config, config_path=args.config))
-    return 0
+    return asyncio.run(serve(config, config_path=args.config))
 
 
 def _parse_header(raw: str) -> tuple[str, str]:

@@ -125,6 +125,19 @@ class ServerConfig(_Model):
     outages: Literal["error", "deny"] = "error"
     # How often the config file is checked for changes (0 turns polling off; SIGHUP still reloads).
     config_watch_interval: Duration = 2.0
+    # Processes serving the ext_authz listener (SO_REUSEPORT), sharing one generation table; see _workers.
+    workers: int = Field(default=1, ge=1, le=64)
+    # With workers > 1: worker i also serves ext_authz alone on listen's host, port worker_port_base + i (0: each
+    # picks one), so Envoy can balance every Check over them (LEAST_REQUEST) instead of each connection's worker.
+    worker_port_base: int | None = Field(default=None, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _worker_ports(self) -> ServerConfig:
+        if self.worker_port_base is not None and self.workers < 2:
+            raise ValueError("worker_port_base needs workers > 1")
+        if self.worker_port_base and self.worker_port_base + self.workers - 1 > 65535:
+            raise ValueError("worker_port_base + workers - 1 is not a port")
+        return self
 
 
 class EventsConfig(_Model):
@@ -293,6 +306,9 @@ class CacheConfig(_Model):
     redis_username: str | None = Field(default=None, min_length=1)
     redis_password_file: Path | None = None
     redis_password_env: str | None = Field(default=None, min_length=1)
+    # Whole decisions remembered while every fact they read is unchanged (see authz_server._memo); per process,
+    # at most max_entries of them.
+    decision_memo: bool = True
 
     @model_validator(mode="after")
     def _redis_url(self) -> CacheConfig:
