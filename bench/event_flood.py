@@ -1,21 +1,24 @@
 """Cached Checks and revokes under a flood of votes on a real Gerrit, with ``gerrit.events`` on.
 
 One real Gerrit 3.10 (tests/_support/gerrit.py, the demo organisation and the event stream provisioned as the tests
-do it) and one ``gerrit-authz serve`` process (its own interpreter and event loop, like a deployment) with
-``gerrit.events`` on and 1 h TTLs, so only an event can change a decision. A client in this process sends cached
+do it) and, per round, a fresh ``gerrit-authz serve`` process (its own interpreter and event loop, like a deployment)
+with 1 h TTLs, so only an event can change a decision. Rounds alternate ``gerrit.events`` on and off (the control:
+the same flood, nothing to apply), so both see the shared machine's load alike. A client in this process sends cached
 Checks through gRPC at a steady rate (open loop: each Check leaves at its scheduled time whatever the previous ones
-are doing) and records each one's latency:
+are doing; a Check beyond 200 in flight is skipped and counted) and records each one's latency:
 
-1. warm-up: every Check of the set once (the answers get cached), statuses checked;
+1. warm-up: every Check of the set twice (the answers get cached), statuses checked;
 2. baseline: ``--baseline`` seconds of steady Checks, no flood;
-3. flood: ``--flood`` seconds of the same Checks while ``--voters`` threads post Code-Review votes on ``--changes``
-   changes through Gerrit's REST API at ``--votes-per-s`` in total (each vote is a ``comment-added`` and a
-   ``ref-updated`` of the change's meta ref on the stream). At 1/3 of it a BLOCK on Read is added to a project
-   and at 2/3 a member is removed from a group; for each, a probe Checks the revoked request every 20 ms from the
-   moment the REST call returned until it is denied (bounded at 10 s): that is the revoke delay.
+3. flood: ``--flood`` seconds of the same Checks while a child process (``--voters`` threads, so they never share
+   this client's GIL) posts Code-Review votes on ``--changes`` changes through Gerrit's REST API at up to
+   ``--votes-per-s`` in total (each vote is a ``comment-added`` and a ``ref-updated`` of the change's meta ref on
+   the stream). With events on, at 1/3 of it a BLOCK on Read is added to a project and at 2/3 a member is removed
+   from a group; for each, a probe Checks the revoked request every 20 ms from the moment the REST call returned
+   until it is denied (bounded at 10 s): that is the revoke delay.
 
 The server's ``/metrics`` is read every 100 ms in both phases (events received, dropped, invalidations, backlog:
-the backlog maximum is of those samples). Server CPU is utime+stime from /proc over each phase.
+the backlog maximum is of those samples). CPU over each phase is read from /proc for the server, Gerrit, this
+process, the flood and the whole machine ("others": what other engineers' jobs used meanwhile).
 
     python bench/event_flood.py [--rounds 4] [--baseline 10] [--flood 24] [--rate 100] [--votes-per-s 20] [--json F]
 
