@@ -44,6 +44,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -53,7 +54,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from _support.authz import basic, check_request, check_stub, example_config_data  # noqa: E402
 from _support.gerrit import GerritServer  # noqa: E402
-from _support.gerrit_events import provision_events  # noqa: E402
+from _support.gerrit_events import EventsSetup, provision_events  # noqa: E402
 from _support.gerrit_provision import GerritFixture, Rest, provision  # noqa: E402
 from _support.proc import stop_process  # noqa: E402
 
@@ -295,18 +296,81 @@ async def steady(stub: Any, work: Work, rate: float, seconds: float, phase: Phas
         await asyncio.wait(in_flight, timeout=15)
 
 
-async def revoke(stub: Any, name: str, call: Any, path: str, user: tuple[str, str]) -> dict[str, Any]:
-    """Make the revoke in Gerrit, then Check every 20 ms until it is denied; the delay from the REST call's return."""
+class Bystander:
+    """A second ``stream-events`` session of the bot, read as fast as it comes in this process: when Gerrit sent
+    each event, so a revoke's delay splits into Gerrit's part (until the event is on the wire) and ours."""
+
+    def __init__(self, setup: EventsSetup, username: str) -> None:
+        self.setup, self.username = setup, username
+        self.seen: list[tuple[float, dict[str, Any]]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Bystander:
+        self.conn = await asyncssh.connect(
+            "127.0.0.1",
+            self.setup.port,
+            username=self.username,
+            client_keys=[str(self.setup.private_key_file)],
+            known_hosts=str(self.setup.known_hosts_file),
+            agent_path=None,
+            config=[],
+        )
+        process = await self.conn.create_process("gerrit stream-events", stdin=asyncssh.DEVNULL, encoding=None)
+        self.task = asyncio.create_task(self._read(process))
+        return self
+
+    async def _read(self, process: Any) -> None:
+        for _ in range(1_000_000):  # bounded; the session ends with the round
+            line = await process.stdout.readline()
+            if not line:
+                return
+            with contextlib.suppress(ValueError):
+                self.seen.append((time.monotonic(), json.loads(line)))
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        self.conn.close()
+
+    def first(self, since: float, ref: str, project: str) -> float | None:
+        """When the first ``ref-updated`` (or batch) of ``project``'s ``ref`` after ``since`` arrived."""
+        for at, event in self.seen:
+            if at < since:
+                continue
+            updates = [event.get("refUpdate")] if event.get("type") == "ref-updated" else event.get("refUpdates", [])
+            for update in updates if isinstance(updates, list) else []:
+                if isinstance(update, dict) and update.get("project") == project and update.get("refName") == ref:
+                    return at
+        return None
+
+
+async def revoke(
+    stub: Any, name: str, call: Any, path: str, user: tuple[str, str], stream: Bystander, ref: tuple[str, str]
+) -> dict[str, Any]:
+    """Make the revoke in Gerrit, then Check every 20 ms until it is denied; the delay from the REST call's return,
+    and when a bystander reader of the stream got the revoke's event (``ref``: its project and ref name)."""
     assert await status_of(stub, path, user) == 200, f"{name}: not allowed before the revoke"
+    called = time.monotonic()
     await asyncio.to_thread(call)
     since = time.monotonic()
-    probes = 0
+    probes, delay = 0, None
     while time.monotonic() - since < PROBE_MAX_S:
         probes += 1
         if await status_of(stub, path, user) == 403:
-            return {"revoke": name, "delay_s": time.monotonic() - since, "probes": probes}
+            delay = time.monotonic() - since
+            break
         await asyncio.sleep(PROBE_EVERY_S)
-    return {"revoke": name, "delay_s": None, "probes": probes}
+    await asyncio.sleep(0.5)  # the bystander's copy of the event, if it is on its way
+    event_at = stream.first(called, ref[1], ref[0])
+    return {
+        "revoke": name,
+        "delay_s": delay,
+        "probes": probes,
+        "rest_call_s": since - called,
+        "event_seen_by_bystander_s": None if event_at is None else event_at - since,
+    }
 
 
 def summary(phase: Phase) -> dict[str, Any]:
@@ -368,7 +432,9 @@ async def measure(
     return phase
 
 
-async def revoker(stub: Any, rest: Rest, project: str, group: str, user: tuple[str, str], every: float) -> list[Any]:
+async def revoker(
+    stub: Any, rest: Rest, project: str, group: str, user: tuple[str, str], every: float, stream: Bystander
+) -> list[Any]:
     """A BLOCK at ``every`` seconds, a group member removed at twice that; each one's revoke delay."""
     block = {"read": {"rules": {"global:Registered-Users": {"action": "BLOCK"}}}}
     access = {"add": {"refs/heads/*": {"permissions": block}}}
@@ -382,6 +448,8 @@ async def revoker(stub: Any, rest: Rest, project: str, group: str, user: tuple[s
             lambda: rest.post(f"projects/{_q(project)}/access", access),
             f"/src/{_q(project)}/-/main",
             user,
+            stream,
+            (project, "refs/meta/config"),
         )
     )
     await asyncio.sleep(max(0.0, t0 + 2 * every - time.monotonic()))
@@ -392,6 +460,8 @@ async def revoker(stub: Any, rest: Rest, project: str, group: str, user: tuple[s
             lambda: rest.post(f"groups/{group}/members.delete", {"members": [user[0]]}),
             "/probe",
             user,
+            stream,
+            ("All-Users", f"refs/groups/{group[:2]}/{group}"),
         )
     )
     return out
@@ -454,7 +524,7 @@ async def one_round(args: argparse.Namespace, setup: Setup, rest: Rest, workdir:
     gerrit_proc = getattr(server, "_proc", None)
     pids = {"server": proc.pid, "bench": os.getpid(), **({"gerrit": gerrit_proc.pid} if gerrit_proc else {})}
     try:
-        async with check_stub(address) as stub:
+        async with check_stub(address) as stub, Bystander(setup.events, org.bot.username) as stream:
             if events:
                 await wait_connected(metrics_url)
             await asyncio.sleep(3.0)  # the setup's own events (project, group) drain first
@@ -468,12 +538,14 @@ async def one_round(args: argparse.Namespace, setup: Setup, rest: Rest, workdir:
             every = args.flood / 3
             revoking = None
             if events:
-                revoking = asyncio.create_task(revoker(stub, rest, project, probe_group, org.carol.auth, every))
-            revoke_at = time.monotonic() + every
+                revoking = asyncio.create_task(revoker(stub, rest, project, probe_group, org.carol.auth, every, stream))
+            flood_start = time.monotonic()
+            revoke_at = flood_start + every
             try:
                 flooded = await measure(stub, pids, metrics_url, "flood", setup.work, args)
             finally:
                 votes = await flood.stop()
+            flood_end = time.monotonic()
             revokes = await asyncio.wait_for(revoking, PROBE_MAX_S * 2) if revoking is not None else []
     finally:
         stop_process(proc)
@@ -490,6 +562,8 @@ async def one_round(args: argparse.Namespace, setup: Setup, rest: Rest, workdir:
             "max_ms": max(before) * 1000 if before else float("nan"),
         },
         "votes": votes_summary(votes),
+        "gerrit_events_per_s_seen_by_bystander": sum(flood_start <= t < flood_end for t, _ in stream.seen)
+        / (flood_end - flood_start),
         "revokes": revokes,
         "ratios": {
             "p50_flood_over_baseline": whole["p50_ms"] / base["p50_ms"],
@@ -526,7 +600,9 @@ async def run(args: argparse.Namespace, fixture: GerritFixture, tmp: Path) -> di
         rounds = []
         for i in range(args.rounds):  # alternating, so both modes see the machine's load the same way
             on = i % 2 == 0 or args.no_control
-            rounds.append(await one_round(args, setup, rest, tmp / f"round{i}", on))
+            rounds.append(
+                await one_round(args, setup, rest, REPO / "bench" / ".work" / "event_flood" / f"round{i + 1}", on)
+            )
     finally:
         rest.close()
     return {"checks_in_the_set": len(work), "args": {k: str(v) for k, v in vars(args).items()}, "rounds": rounds}
@@ -547,7 +623,13 @@ def table(results: dict[str, Any]) -> str:
             delays = ""
             if name == "flood" and r["revokes"]:
                 delays = ", ".join(
-                    "not seen" if x["delay_s"] is None else f"{x['delay_s'] * 1000:.0f} ms" for x in r["revokes"]
+                    ("not seen in 10 s" if x["delay_s"] is None else f"{x['delay_s'] * 1000:.0f} ms")
+                    + (
+                        " (event: not seen)"
+                        if x["event_seen_by_bystander_s"] is None
+                        else f" (event {x['event_seen_by_bystander_s'] * 1000:+.0f} ms)"
+                    )
+                    for x in r["revokes"]
                 )
             lines.append(
                 f"| {i + 1} | {'on' if r['events'] else 'off'} | {name} | {p['checks']} | {p['p50_ms']:.1f} "
