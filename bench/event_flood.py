@@ -14,7 +14,8 @@ are doing; a Check beyond 200 in flight is skipped and counted) and records each
    ``--votes-per-s`` in total (each vote is a ``comment-added`` and a ``ref-updated`` of the change's meta ref on
    the stream). With events on, at 1/3 of it a BLOCK on Read is added to a project and at 2/3 a member is removed
    from a group; for each, a probe Checks the revoked request every 20 ms from the moment the REST call returned
-   until it is denied (bounded at 10 s): that is the revoke delay.
+   until it is denied (bounded at 10 s): that is the revoke delay. A second ``stream-events`` session of the bot
+   in this process (the bystander) records when Gerrit sent the revoke's event, relative to the REST call's return.
 
 The server's ``/metrics`` is read every 100 ms in both phases (events received, dropped, invalidations, backlog:
 the backlog maximum is of those samples). CPU over each phase is read from /proc for the server, Gerrit, this
@@ -22,7 +23,7 @@ process, the flood and the whole machine ("others": what other engineers' jobs u
 
     python bench/event_flood.py [--rounds 4] [--baseline 10] [--flood 24] [--rate 100] [--votes-per-s 20] [--json F]
 
-Every loop is bounded in count and time; the whole run by ``--cap`` seconds.
+About a minute per round. Every loop is bounded in count and time; the whole run by ``--cap`` seconds.
 """
 
 from __future__ import annotations
