@@ -11,6 +11,12 @@ drops everything). When the backlog is full the follower does not fall behind: i
 everything instead (counted as dropped events). Each applied event costs the same whatever the cache holds (a
 generation bump, :mod:`._generations`).
 
+Gerrit sends ``ref-updated`` as the ref moves, before its own caches (group memberships, project configurations)
+follow: a Check in between fetches the answer from before the change *after* the bump, and it would be cached as
+current for its TTL. So every invalidation is applied again :data:`SETTLE` seconds later (postponed by a newer event
+for the same target, whose own re-applications cover the earlier window; beyond :data:`MAX_PENDING` targets, one
+"everything" instead).
+
 The private key and ``known_hosts`` are read at every connection attempt, so a rotated key (or host key) is
 used from the next connection on without a restart.
 """
@@ -39,6 +45,10 @@ _STABLE = 30.0  # a connection that lasted this long resets the backoff
 _MAX_LINE = 1 << 20  # Gerrit's events are a few KB; a longer line is not one
 BACKLOG = 1000  # lines read but not applied yet; beyond it, everything is dropped rather than fall behind
 _OVERFLOW = b""  # queued in place of a discarded backlog: drop everything
+#: Seconds after an event at which its invalidations are applied again (see the module docstring): the first within
+#: the 2 s a revoke may take, the second for a Gerrit slowed down by load.
+SETTLE = (1.0, 5.0)
+MAX_PENDING = 10 * BACKLOG  # distinct targets awaiting re-application; beyond, "everything" replaces them
 
 
 class StreamObserver(Protocol):
@@ -107,6 +117,7 @@ class EventFollower:
         rng: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.monotonic,
         backlog: int = BACKLOG,
+        settle: tuple[float, ...] = SETTLE,
     ) -> None:
         """Reads the key and ``known_hosts`` once now, so a deployment mistake fails at start (exit 2)."""
         load_client_key(config)
@@ -117,6 +128,9 @@ class EventFollower:
         self._rng = rng
         self._clock = clock
         self._backlog = backlog
+        self._settle = settle
+        self._again: dict[Invalidation, list[asyncio.TimerHandle]] = {}
+        self._reapplying: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncssh.SSHClientConnection | None = None
         self._outage = False
@@ -133,6 +147,7 @@ class EventFollower:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is None:
+            self._cancel_again()
             return
         task.cancel()
         if self._conn is not None:
@@ -140,6 +155,15 @@ class EventFollower:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         self._set_connected(False)
+        self._cancel_again()
+
+    def _cancel_again(self) -> None:
+        for handles in self._again.values():
+            for handle in handles:
+                handle.cancel()
+        self._again.clear()
+        for pending in self._reapplying:
+            pending.cancel()
 
     def _set_connected(self, up: bool) -> None:
         if up:
@@ -265,6 +289,7 @@ class EventFollower:
         while (line := await queue.get()) is not None:
             if line is _OVERFLOW:
                 await self._apply(Invalidation("everything"))
+                self._apply_again_later(Invalidation("everything"))
             else:
                 await self.handle_line(line)
             queue.task_done()
@@ -293,9 +318,37 @@ class EventFollower:
             todo = invalidations(event)
         for item in todo:
             await self._apply(item)
+            self._apply_again_later(item)
         return todo
 
-    async def _apply(self, item: Invalidation) -> None:
+    def _apply_again_later(self, item: Invalidation) -> None:
+        if not self._settle:
+            return
+        for handle in self._again.pop(item, []):
+            handle.cancel()  # postponed: the re-applications scheduled below cover this window too
+        if len(self._again) >= MAX_PENDING:
+            self._cancel_again()
+            item = Invalidation("everything")
+        loop = asyncio.get_running_loop()
+        last = len(self._settle) - 1
+        self._again[item] = [
+            loop.call_later(delay, self._start_again, item, i == last) for i, delay in enumerate(self._settle)
+        ]
+
+    def _start_again(self, item: Invalidation, last: bool) -> None:
+        if last:
+            self._again.pop(item, None)
+        task = asyncio.create_task(self._apply_again(item), name="gerrit-events-settle")
+        self._reapplying.add(task)
+        task.add_done_callback(self._reapplying.discard)
+
+    async def _apply_again(self, item: Invalidation) -> None:
+        try:
+            await self._apply(item, observe=False)
+        except Exception:  # the store cannot even be cleared: the session's own applying ends it, and reconnects
+            log.exception("gerrit events: applying %s %s again failed", item.kind, item.key)
+
+    async def _apply(self, item: Invalidation, *, observe: bool = True) -> None:
         try:
             target: dict[str, Any] = {"everything": True} if item.kind == "everything" else {item.kind: item.key}
             await self._cache.invalidate(**target)
@@ -304,4 +357,5 @@ class EventFollower:
             # do that either, end the session; the reconnect clears the cache before following again.
             log.exception("gerrit events: invalidating %s %s failed; clearing the cache", item.kind, item.key)
             await self._cache.invalidate(everything=True)
-        self._observer.invalidation(item.kind)
+        if observe:
+            self._observer.invalidation(item.kind)

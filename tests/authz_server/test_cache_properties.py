@@ -344,7 +344,7 @@ class Freshness(RuleBasedStateMachine):
         # A few lookups and invalidations per run, so that one answer is looked up again across invalidations.
         self.focus = focus
         self.targets = chosen
-        self.follower = EventFollower(self.events_config, self.replicas[0])
+        self.follower = EventFollower(self.events_config, self.replicas[0], settle=())
 
     @rule(replica=st.integers(0, 1), data=st.data(), answer_now=st.booleans())
     def check(self, replica: int, data: st.DataObject, answer_now: bool) -> None:
@@ -390,7 +390,7 @@ class Freshness(RuleBasedStateMachine):
         # The old cache keeps finishing the lookups it started; new ones use the new cache over the same store.
         self.replicas[replica] = self.new_cache()
         if replica == 0:
-            self.follower = EventFollower(self.events_config, self.replicas[0])
+            self.follower = EventFollower(self.events_config, self.replicas[0], settle=())
 
     @rule(count=st.integers(1, 5))
     def evict(self, count: int) -> None:

@@ -26,6 +26,7 @@ from _support.gerrit_events import EventsSetup, close_connections
 from _support.gerrit_provision import Rest
 from gerrit_authz.v1 import admin_pb2, admin_pb2_grpc
 
+from authz_server._events import SETTLE
 from authz_server._response import http_response
 from authz_server._server import AuthzServer
 
@@ -196,8 +197,9 @@ async def test_connection_closed_by_gerrit_acl_changed_meanwhile(
 ) -> None:
     assert app.events is not None
     project = new_project(rest)
-    # The project's own creation events (which drop its answers) must have arrived before the cache is primed.
-    await asyncio.sleep(2.0)
+    # The project's own creation events (which drop its answers), and their re-applications, must be over before the
+    # cache is primed: only the reconnect may drop the allow cached below.
+    await asyncio.sleep(max(SETTLE) + 1.0)
     path, carol = f"/src/{_q(project)}/-/main", gerrit.org.carol.auth
     assert await status(app, path, carol) == 200
     before = app.events.connections
