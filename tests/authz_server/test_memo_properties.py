@@ -402,8 +402,10 @@ def test_without_the_generation_recheck_the_property_fails(
     Mutant.events_config = events_config
     # The expiry mutant needs a request made again after its token or a fact expired, with nothing invalidating
     # in between: rarer, so more examples.
+    # Derandomized: a mutant must be caught on every run, not on most (hypothesis is pinned by the lock, so the
+    # examples it tries are the same each time).
     examples = 150 if mutant is NoRecheck else 600
     with pytest.raises(AssertionError) as info:
-        run_state_machine_as_test(Mutant, settings=settings(SETTINGS, max_examples=examples))
+        run_state_machine_as_test(Mutant, settings=settings(SETTINGS, max_examples=examples, derandomize=True))
     # It is a memo hit that disagrees with the fresh decision (the message ends with the hit's ``memo`` flag).
     assert str(info.value).splitlines()[0].endswith(", True)"), info.value
