@@ -57,7 +57,7 @@ class AllowedCallers(grpc.aio.ServerInterceptor):
                 return await unary(request, context)
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, de, ser)
-        if handler.unary_unary is None and handler.stream_unary is None:
+        if handler.stream_unary is None:  # response-streaming: unary_stream or stream_stream
             streaming = handler.unary_stream or handler.stream_stream
             wrapped = _streaming(streaming, refuse)
             if handler.unary_stream is not None:

@@ -34,9 +34,11 @@ def check_redis_url(url: str, *, ca_file: bool = False) -> None:
     if db and not db.isdigit():
         raise ValueError("redis_url's path must be a database number")
     try:
-        parts.port  # noqa: B018  (raises for a bad port)
+        port = parts.port  # raises for a bad port
     except ValueError:
-        raise ValueError("redis_url: port must be a number from 1 to 65535") from None
+        port = 0
+    if port == 0:  # 0 too: redis_cache_options would read it as "no port" and connect to 6379
+        raise ValueError("redis_url: port must be a number from 1 to 65535")
     if ca_file and parts.scheme != "rediss":
         raise ValueError("redis_ca_file is for TLS: use a rediss:// redis_url")
 

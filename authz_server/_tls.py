@@ -10,7 +10,6 @@ key of the new certificate not there yet) is not installed: the previous pair ke
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ._secrets import _identity as file_identity
 from .config import TlsConfig
 from .errors import ConfigError
 
@@ -30,13 +30,8 @@ _Stamp = tuple[int, int, int, int] | None
 
 
 def _stamp(path: Path | None) -> _Stamp:
-    if path is None:
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return (0, 0, 0, -1)
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    # A missing file and an unset one both read None: each position of the tuple is always the same path.
+    return None if path is None else file_identity(path)
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,13 @@ the TLS handshake; the caller turns that into an outage of the lookup (503), nev
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 import time
 from pathlib import Path
 
 import certifi
 
+from ._secrets import _identity as file_identity
 from .errors import ConfigError
 
 __all__ = ["ClientCertificateFiles", "upstream_tls"]
@@ -57,14 +57,6 @@ def _why(exc: OSError | ssl.SSLError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def _stamp(path: Path) -> tuple[int, int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-
-
 class ClientCertificateFiles:
     """The client certificate of an upstream context, loaded again when its files change (a rotated certificate
     is presented by the next new connection; open connections keep theirs).
@@ -79,7 +71,7 @@ class ClientCertificateFiles:
         self._files = (cert_file, key_file)
         self._where = where
         self._interval = interval
-        self._stamps = tuple(_stamp(p) for p in self._files)
+        self._stamps = tuple(file_identity(p) for p in self._files)
         self._next = time.monotonic() + interval
         self.reloads = 0
 
@@ -92,7 +84,7 @@ class ClientCertificateFiles:
         if now < self._next:
             return False
         self._next = now + self._interval
-        stamps = tuple(_stamp(p) for p in self._files)
+        stamps = tuple(file_identity(p) for p in self._files)
         if stamps == self._stamps:
             return False
         cert, key = (str(p) for p in self._files)

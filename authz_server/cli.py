@@ -62,7 +62,19 @@ def _not_checked(config: Config) -> list[str]:
         lines.append(f"{key}: {state}, but not tried against Gerrit")
     except ConfigError as exc:  # the file is valid; the secret is the deployment's business
         lines += [f"{key}: {reason}" for key, reason in exc.errors]
-    files = [("cache.credential_key_file", config.cache.credential_key_file)]
+    cache, server = config.cache, config.server
+    files = [
+        ("cache.credential_key_file", cache.credential_key_file),
+        ("cache.redis_ca_file", cache.redis_ca_file),
+        ("cache.redis_password_file", cache.redis_password_file),
+        ("gerrit.ca_file", gerrit.ca_file),
+        ("gerrit.client_cert_file", gerrit.client_cert_file),
+        ("gerrit.client_key_file", gerrit.client_key_file),
+    ]
+    for where, tls in (("server.tls", server.tls), ("server.admin_tls", server.admin_tls)):
+        if tls is not None:
+            files += [(f"{where}.{k}", getattr(tls, k)) for k in ("cert_file", "key_file", "client_ca_file")]
+    files += [(f"identity[{i}].jwt.ca_file", s.jwt.ca_file) for i, s in enumerate(config.identity) if s.jwt is not None]
     if gerrit.events is not None:
         files += [
             ("gerrit.events.private_key_file", gerrit.events.private_key_file),

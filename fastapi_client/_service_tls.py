@@ -17,19 +17,17 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+# The one file-identity helper of the distribution (fastapi_client already builds on authz_server.checkrequest).
+from authz_server._secrets import _identity as file_identity
+
 __all__ = ["ServiceTls"]
 
 _Stamp = tuple[int, int, int, int] | None
 
 
 def _stamp(path: Path | None) -> _Stamp:
-    if path is None:
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return (0, 0, 0, -1)
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    # A missing file and an unset one both read None: each position of the tuple is always the same path.
+    return None if path is None else file_identity(path)
 
 
 def _path(value: str | os.PathLike[str] | None) -> Path | None:

@@ -462,6 +462,27 @@ class TestCheckConfigSaysWhatItDidNotCheck:
         assert f"Gerrit at {example_data['gerrit']['url']}" in out
         assert f"the OIDC issuer {example_data['identity'][0]['jwt']['issuer']}" in out
 
+    def test_tls_and_redis_files_are_named_as_not_read(
+        self, example_data: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        # check-config reads none of these (serve does): saying nothing would read as "checked".
+        example_data["server"]["tls"] = {"cert_file": str(tmp_path / "t.crt"), "key_file": str(tmp_path / "t.key")}
+        example_data["gerrit"]["ca_file"] = str(tmp_path / "gerrit-ca.pem")
+        example_data["cache"].update(
+            backend="redis", redis_url="rediss://127.0.0.1:6380/0", redis_password_file=str(tmp_path / "pw")
+        )
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(example_data))
+        assert main(["check-config", str(path)]) == 0
+        out = capsys.readouterr().out
+        for key, name in [
+            ("server.tls.cert_file", "t.crt"),
+            ("server.tls.key_file", "t.key"),
+            ("gerrit.ca_file", "gerrit-ca.pem"),
+            ("cache.redis_password_file", "pw"),
+        ]:
+            assert f"{key}: {tmp_path / name} not read" in out
+
     def test_a_set_secret_is_not_claimed_to_work(
         self, example_config_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:

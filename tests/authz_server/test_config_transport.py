@@ -127,6 +127,12 @@ def test_a_password_in_the_redis_url_is_refused_and_not_echoed() -> None:
     assert errors(config(cache=both))
 
 
+def test_a_redis_url_on_port_0_is_refused_not_read_as_6379() -> None:
+    # urlsplit reads ":0" as port 0, which redis_cache_options' "or 6379" would turn into another server.
+    found = errors(config(cache={"backend": "redis", "redis_url": "redis://127.0.0.1:0/0"}))
+    assert "port" in found[0][1]
+
+
 def test_redis_options_carry_tls_and_a_rotating_password(tmp_path: Path) -> None:
     password = tmp_path / "redis-password"
     password.write_text("first\n")
