@@ -16,7 +16,7 @@ from typing import Protocol
 from ._opstats import RotationStats
 from .errors import ConfigError
 
-__all__ = ["EnvSecret", "Secret", "SecretFile", "StaticSecret", "read_secret_file"]
+__all__ = ["EnvSecret", "Secret", "SecretFile", "StaticSecret", "file_identity", "read_secret_file"]
 
 log = logging.getLogger("gerrit_authz.secrets")
 
@@ -84,7 +84,7 @@ def read_secret_file(path: Path, key: str) -> str:
     return value
 
 
-def _identity(path: Path) -> tuple[int, int, int, int] | None:
+def file_identity(path: Path) -> tuple[int, int, int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
@@ -99,16 +99,16 @@ class SecretFile:
         self._path = path
         self._key = key
         self._stats = stats or RotationStats()
-        self._seen = _identity(path)
+        self._seen = file_identity(path)
         self._value = read_secret_file(path, key)  # fails at start-up, not at the first Check
 
     def get(self) -> str:
-        if _identity(self._path) != self._seen:
+        if file_identity(self._path) != self._seen:
             self.refresh()
         return self._value
 
     def refresh(self) -> bool:
-        self._seen = _identity(self._path)
+        self._seen = file_identity(self._path)
         self._stats.rereads += 1
         try:
             value = read_secret_file(self._path, self._key)

@@ -18,7 +18,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ._secrets import _identity as file_identity
+from ._secrets import file_identity
 from .config import TlsConfig
 from .errors import ConfigError
 

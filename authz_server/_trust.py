@@ -14,7 +14,7 @@ from pathlib import Path
 
 import certifi
 
-from ._secrets import _identity as file_identity
+from ._secrets import file_identity
 from .errors import ConfigError
 
 __all__ = ["ClientCertificateFiles", "upstream_tls"]

@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 # The one file-identity helper of the distribution (fastapi_client already builds on authz_server.checkrequest).
-from authz_server._secrets import _identity as file_identity
+from authz_server._secrets import file_identity
 
 __all__ = ["ServiceTls"]
 
