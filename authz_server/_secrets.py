@@ -85,6 +85,7 @@ def read_secret_file(path: Path, key: str) -> str:
 
 
 def file_identity(path: Path) -> tuple[int, int, int, int] | None:
+    """What changes when the file is replaced or rewritten (device, inode, mtime, size); None when it is missing."""
     try:
         st = os.stat(path)
     except OSError:
