@@ -82,6 +82,16 @@ def _connections_by_pid(port: int, pids: list[int]) -> dict[int, int]:
     return counts
 
 
+async def _reap(proc: asyncio.subprocess.Process, pids: list[int]) -> None:
+    """Kill the supervisor and any worker still alive, so a failed test leaves no process behind."""
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 async def test_two_workers_share_the_port_and_an_invalidation(tmp_path: Path, gerrit: str) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(f"""
@@ -182,12 +192,7 @@ rules:
         for pid in pids:
             assert not os.path.exists(f"/proc/{pid}"), f"worker {pid} outlived the supervisor"  # noqa: ASYNC240
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        await _reap(proc, pids)
 
 
 async def test_a_worker_that_dies_stops_the_service_with_a_failure(tmp_path: Path, gerrit: str) -> None:
@@ -217,9 +222,4 @@ rules: [{{name: devs, match: {{path_prefix: /}}, require: {{group: devs}}}}]
         assert "exited with status -9; stopping every worker" in (await proc.stderr.read()).decode()
         assert not os.path.exists(f"/proc/{pids[0]}")  # noqa: ASYNC240 - the survivor was stopped too
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        await _reap(proc, pids)
