@@ -24,6 +24,7 @@ import pytest
 from _support.asgi import uvicorn_on_loop
 from _support.authz import authz_on_double
 from _support.envoy import EnvoyProcess, example_bootstrap, point_cluster
+from _support.example_routes import RULE_FOR, UNCHECKED
 from fastapi import FastAPI
 from starlette.routing import Route
 
@@ -32,18 +33,6 @@ from examples.fastapi_app.app import create_app
 
 pytestmark = [pytest.mark.envoy]
 
-# The rule written for each route of the example app (HEAD is served by the GET handler).
-RULE_FOR: dict[tuple[str, str], str] = {
-    ("GET", "/healthz"): "health",
-    ("GET", "/artifacts/{project:path}/-/{branch}/{file:path}"): "read-artifacts",
-    ("PUT", "/artifacts/{project:path}/-/{branch}/{file:path}"): "upload-artifacts",
-    ("POST", "/deploy/{change}"): "deploy",
-    ("GET", "/admin/caches"): "admin-api",
-    ("GET", "/dashboard/me"): "dashboard",
-    ("GET", "/dashboard/whoami"): "dashboard",
-}
-# Routes the example app serves without a Check (its `exclude_paths`): public by design, never with a rule.
-UNCHECKED = {"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json"}
 METHODS = ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH"]
 
 
