@@ -13,17 +13,17 @@ import os
 import re
 import signal
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import ClassVar
 
 import grpc
 import pytest
 from _support.authz import check_request
+from _support.http_double import serve_handler
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from gerrit_authz.v1 import admin_pb2, admin_pb2_grpc
 
@@ -59,10 +59,8 @@ class _Gerrit(BaseHTTPRequestHandler):
 @pytest.fixture
 def gerrit() -> Iterator[str]:
     _Gerrit.groups = [DEVS]
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Gerrit)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serve_handler(_Gerrit) as url:
+        yield url
 
 
 def _connections_by_pid(port: int, pids: list[int]) -> dict[int, int]:
