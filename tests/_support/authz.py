@@ -14,9 +14,11 @@ import yaml
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 
+from authz_server._app import build_components
 from authz_server._server import AuthzServer, build_server
 from authz_server.checkrequest import build_check_request, join_headers
 from authz_server.config import Config, parse_config
+from bench.gerrit_double import SERVICE_PASSWORD, GerritDouble
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = REPO_ROOT / "examples" / "config.yaml"
@@ -55,6 +57,21 @@ def make_config(
     if rules is not None:
         data["rules"] = rules
     return parse_config(data)
+
+
+@asynccontextmanager
+async def authz_on_double(tmp_path: Path, rules: list[Any] | None = None) -> AsyncIterator[str]:
+    """The example's config (or ``rules``) with Basic credentials as the identity, its Gerrit the in-process
+    :class:`GerritDouble`; yields the gRPC address."""
+    secret = tmp_path / "gerrit-password"
+    secret.write_text(SERVICE_PASSWORD)
+    config = make_config("http://gerrit.invalid", secret, identity=[{"gerrit_http_credentials": {}}], rules=rules)
+    server = build_server(config, build_components(config, transport=GerritDouble().transport()))
+    await server.start()
+    try:
+        yield server.address
+    finally:
+        await server.stop(grace=1.0)
 
 
 @asynccontextmanager

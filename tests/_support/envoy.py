@@ -60,6 +60,7 @@ __all__ = [
     "EnvoyError",
     "EnvoyProcess",
     "add_listener_copy",
+    "add_mtls_listener",
     "echoed",
     "example_bootstrap",
     "find_envoy",
@@ -141,6 +142,25 @@ def add_listener_copy(bootstrap: dict[str, Any], source: str, name: str) -> dict
     hcm_of(listener)["stat_prefix"] = name
     bootstrap["static_resources"]["listeners"].append(listener)
     return listener
+
+
+def add_mtls_listener(bootstrap: dict[str, Any], *, cert: Path, key: Path, ca: Path, name: str = "mtls") -> None:
+    """Append a copy of the ``ingress`` listener named ``name`` that terminates TLS with ``cert``/``key`` and
+    requires a client certificate issued by ``ca``."""
+    listener = add_listener_copy(bootstrap, "ingress", name)
+    listener["filter_chains"][0]["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": True,
+            "common_tls_context": {
+                "tls_certificates": [
+                    {"certificate_chain": {"filename": str(cert)}, "private_key": {"filename": str(key)}}
+                ],
+                "validation_context": {"trusted_ca": {"filename": str(ca)}},
+            },
+        },
+    }
 
 
 def _ephemeral(bootstrap: dict[str, Any]) -> dict[str, Any]:

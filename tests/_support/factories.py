@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
@@ -31,7 +32,7 @@ from authz_server._facts import AccessResult, Account, ChangeInfo, Fact, Group, 
 from authz_server._identity import BasicCredentialsSource, IdentityResolver, IdentitySource, Principal
 from authz_server._input import CheckInput, parse_check_request
 from authz_server._policy import Policy
-from authz_server.config import RuleConfig
+from authz_server.config import EventsConfig, RuleConfig
 from authz_server.errors import AuthzError
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "make_authorizer",
     "make_change",
     "make_check_request",
+    "make_events_config",
     "make_input",
     "make_rules",
 ]
@@ -240,3 +242,18 @@ def make_authorizer(
     if sources is None:
         sources = [StaticTokenSource(), BasicCredentialsSource(facts)]
     return Authorizer(make_rules(rules), IdentityResolver(sources, facts), facts)
+
+
+def make_events_config(directory: Path) -> EventsConfig:
+    """An :class:`EventsConfig` for ``ssh://bot@127.0.0.1:29418`` with a fresh key and a known_hosts file (under
+    ``directory``) that trusts some other key: nothing connects, the property tests only need a valid config."""
+    import asyncssh
+
+    key = directory / "key"
+    asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(key))
+    hosts = directory / "known_hosts"
+    public = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    hosts.write_text("[127.0.0.1]:29418 " + " ".join(public.split()[:2]) + "\n")
+    return EventsConfig.model_validate(
+        {"ssh_url": "ssh://bot@127.0.0.1:29418", "private_key_file": key, "known_hosts_file": hosts}
+    )

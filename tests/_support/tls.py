@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CertFiles", "TestCA"]
+__all__ = ["CertFiles", "TestCA", "served_serial"]
 
 
 @dataclass(frozen=True)
@@ -98,3 +99,14 @@ class TestCA:
         if client is not None:
             ctx.load_cert_chain(str(client.cert), str(client.key))
         return ctx
+
+
+def served_serial(address: str, pki: TestCA, client: CertFiles) -> int:
+    """The serial of the certificate a fresh TLS handshake with ``address`` sees (ALPN h2, as grpc speaks)."""
+    host, _, port = address.rpartition(":")
+    ctx = pki.client_context(client)
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection((host, int(port)), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname=host) as s:
+        der = s.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number

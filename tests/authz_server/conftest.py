@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 from _support.factories import FakeFacts, make_check_request, make_input
+from _support.http_double import serve_handler
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 
 from authz_server._input import CheckInput
@@ -70,8 +70,5 @@ class _LazyGerrit(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def lazy_gerrit() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _LazyGerrit)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serve_handler(_LazyGerrit) as url:
+        yield url

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from _support.factories import make_events_config
 from _support.redis import RedisServer, redis_binary
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -431,16 +432,7 @@ SETTINGS = settings(
 
 @pytest.fixture
 def events_config(tmp_path: Any) -> EventsConfig:
-    import asyncssh
-
-    key = tmp_path / "key"
-    asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(key))
-    hosts = tmp_path / "known_hosts"
-    public = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
-    hosts.write_text("[127.0.0.1]:29418 " + " ".join(public.split()[:2]) + "\n")
-    return EventsConfig.model_validate(
-        {"ssh_url": "ssh://bot@127.0.0.1:29418", "private_key_file": key, "known_hosts_file": hosts}
-    )
+    return make_events_config(tmp_path)
 
 
 def test_memory_store(events_config: EventsConfig) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from _support.factories import basic_auth, make_input, make_rules
+from _support.factories import basic_auth, make_events_config, make_input, make_rules
 from _support.oidc import SigningKey, make_claims
 from _support.redis import RedisServer, redis_binary
 from hypothesis import HealthCheck, settings
@@ -321,16 +321,7 @@ SETTINGS = settings(
 
 @pytest.fixture
 def events_config(tmp_path: Any) -> EventsConfig:
-    import asyncssh
-
-    key = tmp_path / "key"
-    asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(key))
-    hosts = tmp_path / "known_hosts"
-    public = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
-    hosts.write_text("[127.0.0.1]:29418 " + " ".join(public.split()[:2]) + "\n")
-    return EventsConfig.model_validate(
-        {"ssh_url": "ssh://bot@127.0.0.1:29418", "private_key_file": key, "known_hosts_file": hosts}
-    )
+    return make_events_config(tmp_path)
 
 
 def test_a_memoized_answer_equals_a_fresh_one(events_config: EventsConfig) -> None:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import grpc
 import pytest
 import pytest_asyncio
 from _support.authz import check_request, make_config, running_server
-from _support.tls import CertFiles, TestCA
+from _support.tls import CertFiles, TestCA, served_serial
 from cryptography import x509
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from gerrit_authz.v1 import admin_pb2, admin_pb2_grpc
@@ -72,17 +71,6 @@ async def check_code(address: str, credentials: grpc.ChannelCredentials) -> int:
             check_request("GET", "/healthz"), timeout=5
         )
         return int(resp.status.code)
-
-
-def served_serial(address: str, pki: TestCA, client: CertFiles) -> int:
-    """The serial of the certificate a fresh TLS handshake sees (grpc speaks ALPN h2)."""
-    host, _, port = address.rpartition(":")
-    ctx = pki.client_context(client)
-    ctx.set_alpn_protocols(["h2"])
-    with socket.create_connection((host, int(port)), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname=host) as s:
-        der = s.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
 
 
 @pytest_asyncio.fixture

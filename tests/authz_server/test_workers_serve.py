@@ -13,17 +13,17 @@ import os
 import re
 import signal
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import ClassVar
 
 import grpc
 import pytest
 from _support.authz import check_request
+from _support.http_double import serve_handler
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from gerrit_authz.v1 import admin_pb2, admin_pb2_grpc
 
@@ -59,10 +59,8 @@ class _Gerrit(BaseHTTPRequestHandler):
 @pytest.fixture
 def gerrit() -> Iterator[str]:
     _Gerrit.groups = [DEVS]
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Gerrit)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serve_handler(_Gerrit) as url:
+        yield url
 
 
 def _connections_by_pid(port: int, pids: list[int]) -> dict[int, int]:
@@ -80,6 +78,16 @@ def _connections_by_pid(port: int, pids: list[int]) -> dict[int, int]:
         links = [os.readlink(p) for p in fds.iterdir() if p.is_symlink()]
         counts[pid] = sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in inodes)
     return counts
+
+
+async def _reap(proc: asyncio.subprocess.Process, pids: list[int]) -> None:
+    """Kill the supervisor and any worker still alive, so a failed test leaves no process behind."""
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 async def test_two_workers_share_the_port_and_an_invalidation(tmp_path: Path, gerrit: str) -> None:
@@ -182,12 +190,7 @@ rules:
         for pid in pids:
             assert not os.path.exists(f"/proc/{pid}"), f"worker {pid} outlived the supervisor"  # noqa: ASYNC240
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        await _reap(proc, pids)
 
 
 async def test_a_worker_that_dies_stops_the_service_with_a_failure(tmp_path: Path, gerrit: str) -> None:
@@ -217,9 +220,4 @@ rules: [{{name: devs, match: {{path_prefix: /}}, require: {{group: devs}}}}]
         assert "exited with status -9; stopping every worker" in (await proc.stderr.read()).decode()
         assert not os.path.exists(f"/proc/{pids[0]}")  # noqa: ASYNC240 - the survivor was stopped too
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        await _reap(proc, pids)

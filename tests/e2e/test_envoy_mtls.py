@@ -13,7 +13,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from _support.authz import make_config, running_server
-from _support.envoy import EchoUpstream, EnvoyProcess, add_listener_copy, example_bootstrap, point_cluster
+from _support.envoy import EchoUpstream, EnvoyProcess, add_mtls_listener, example_bootstrap, point_cluster
 from _support.gerrit_provision import ensure_service_user
 from _support.tls import CertFiles, TestCA
 
@@ -60,23 +60,6 @@ async def authz(gerrit: Any, service_user: str, tmp_path_factory: pytest.TempPat
         yield app
 
 
-def tls_listener(bootstrap: dict[str, Any], pki: TestCA, server: CertFiles) -> None:
-    listener = add_listener_copy(bootstrap, "ingress", "mtls")
-    listener["filter_chains"][0]["transport_socket"] = {
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-            "require_client_certificate": True,
-            "common_tls_context": {
-                "tls_certificates": [
-                    {"certificate_chain": {"filename": str(server.cert)}, "private_key": {"filename": str(server.key)}}
-                ],
-                "validation_context": {"trusted_ca": {"filename": str(pki.cert)}},
-            },
-        },
-    }
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def envoy(
     authz: AuthzServer, echo: EchoUpstream, pki: TestCA, tmp_path_factory: pytest.TempPathFactory
@@ -84,7 +67,8 @@ async def envoy(
     bootstrap = example_bootstrap()
     point_cluster(bootstrap, "gerrit_authz", authz.address)
     point_cluster(bootstrap, "upstream", echo.address)
-    tls_listener(bootstrap, pki, pki.issue("envoy-server", server=True))
+    server = pki.issue("envoy-server", server=True)
+    add_mtls_listener(bootstrap, cert=server.cert, key=server.key, ca=pki.cert)
     proc = await asyncio.to_thread(EnvoyProcess(bootstrap, tmp_path_factory.mktemp("envoy")).start)
     try:
         yield proc

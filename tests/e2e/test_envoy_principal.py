@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from _support.envoy import EchoUpstream, EnvoyProcess, add_listener_copy, example_bootstrap, point_cluster
+from _support.envoy import EchoUpstream, EnvoyProcess, add_mtls_listener, example_bootstrap, point_cluster
 from _support.tls import CertFiles, TestCA
 
 from fastapi_client._tls import client_cert_principal
@@ -42,23 +42,7 @@ async def envoy(fake: FakeAuthorizer, pki: TestCA, tmp_path_factory: pytest.Temp
     point_cluster(bootstrap, "gerrit_authz", fake.target)
     with EchoUpstream() as echo:
         point_cluster(bootstrap, "upstream", echo.address)
-        listener = add_listener_copy(bootstrap, "ingress", "mtls")
-        listener["filter_chains"][0]["transport_socket"] = {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-                "require_client_certificate": True,
-                "common_tls_context": {
-                    "tls_certificates": [
-                        {
-                            "certificate_chain": {"filename": str(server.cert)},
-                            "private_key": {"filename": str(server.key)},
-                        }
-                    ],
-                    "validation_context": {"trusted_ca": {"filename": str(pki.cert)}},
-                },
-            },
-        }
+        add_mtls_listener(bootstrap, cert=server.cert, key=server.key, ca=pki.cert)
         proc = await asyncio.to_thread(EnvoyProcess(bootstrap, tmp_path_factory.mktemp("envoy")).start)
         try:
             yield proc

@@ -17,32 +17,18 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
 import pytest
-from _support.authz import example_config_data, make_config
+from _support.asgi import uvicorn_on_loop
+from _support.authz import authz_on_double, example_config_data
 from _support.envoy import EnvoyProcess, example_bootstrap, hcm_of, listener_named, point_cluster
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from test_examples_pair import basic, uvicorn_on_loop
+from test_examples_pair import basic
 
-from authz_server._app import build_components
-from authz_server._server import build_server
-from bench.gerrit_double import SERVICE_PASSWORD, GerritDouble, account_id
+from bench.gerrit_double import account_id
 
 pytestmark = [pytest.mark.envoy]
-
-
-@asynccontextmanager
-async def authz_server(tmp_path: Path, rules: list[Any] | None = None) -> AsyncIterator[str]:
-    secret = tmp_path / "gerrit-password"
-    secret.write_text(SERVICE_PASSWORD)
-    config = make_config("http://gerrit.invalid", secret, identity=[{"gerrit_http_credentials": {}}], rules=rules)
-    server = build_server(config, build_components(config, transport=GerritDouble().transport()))
-    await server.start()
-    try:
-        yield server.address
-    finally:
-        await server.stop(grace=1.0)
 
 
 @asynccontextmanager
@@ -99,7 +85,7 @@ async def test_underscore_identity_headers_never_reach_the_wsgi_environ(tmp_path
     ingress(bootstrap)["common_http_protocol_options"]["headers_with_underscores_action"] = underscores
     with wsgi_upstream(environs) as upstream:
         async with (
-            authz_server(tmp_path) as authz,
+            authz_on_double(tmp_path) as authz,
             envoy_for(bootstrap, authz, upstream, tmp_path / "envoy") as base,
             httpx.AsyncClient(base_url=base, timeout=15) as client,
         ):
@@ -151,7 +137,7 @@ async def test_an_encoded_slash_never_dodges_the_deploy_route(tmp_path: Path, es
     user = basic(1)  # signed in, not a release manager
     responses = {}
     async with (
-        authz_server(tmp_path, deploy_rules()) as authz,
+        authz_on_double(tmp_path, deploy_rules()) as authz,
         uvicorn_on_loop(deploy_app(runs)) as upstream,
         envoy_for(bootstrap, authz, upstream, tmp_path / "envoy") as base,
         httpx.AsyncClient(timeout=15, follow_redirects=True) as client,
@@ -176,7 +162,7 @@ async def test_an_encoded_slash_never_dodges_the_deploy_route(tmp_path: Path, es
 async def test_a_release_manager_still_deploys_through_the_route(tmp_path: Path) -> None:
     runs: list[str] = []
     async with (
-        authz_server(tmp_path, deploy_rules()) as authz,
+        authz_on_double(tmp_path, deploy_rules()) as authz,
         uvicorn_on_loop(deploy_app(runs)) as upstream,
         envoy_for(example_bootstrap(), authz, upstream, tmp_path / "envoy") as base,
         httpx.AsyncClient(base_url=base, timeout=15) as client,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import shutil
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -27,7 +26,7 @@ from _support.envoy import (
     http_filter,
     point_cluster,
 )
-from _support.tls import CertFiles, TestCA
+from _support.tls import CertFiles, TestCA, served_serial
 from cryptography import x509
 
 from authz_server._server import AuthzServer
@@ -136,16 +135,6 @@ async def envoy(
 async def get(envoy: EnvoyProcess, listener: str, path: str = "/healthz") -> httpx.Response:
     async with httpx.AsyncClient(timeout=15) as http:
         return await http.get(envoy.url(listener) + path)
-
-
-def served_serial(address: str, pki: TestCA, client: CertFiles) -> int:
-    host, _, port = address.rpartition(":")
-    ctx = pki.client_context(client)
-    ctx.set_alpn_protocols(["h2"])
-    with socket.create_connection((host, int(port)), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname=host) as s:
-        der = s.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
 
 
 @pytest.mark.asyncio(loop_scope="session")

@@ -14,39 +14,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from _support.authz import make_config
+from _support.asgi import uvicorn_on_loop
+from _support.authz import authz_on_double
 from _support.envoy import EnvoyProcess, example_bootstrap, point_cluster
+from _support.example_routes import RULE_FOR, UNCHECKED
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from authz_server._app import build_components
-from authz_server._server import build_server
-from bench.gerrit_double import SERVICE_PASSWORD, GerritDouble, user_name, user_password
+from bench.gerrit_double import user_name, user_password
 from examples.fastapi_app.app import create_app
 
 pytestmark = [pytest.mark.envoy]
 
-# The rule written for each route of the example app (HEAD is served by the GET handler).
-RULE_FOR: dict[tuple[str, str], str] = {
-    ("GET", "/healthz"): "health",
-    ("GET", "/artifacts/{project:path}/-/{branch}/{file:path}"): "read-artifacts",
-    ("PUT", "/artifacts/{project:path}/-/{branch}/{file:path}"): "upload-artifacts",
-    ("POST", "/deploy/{change}"): "deploy",
-    ("GET", "/admin/caches"): "admin-api",
-    ("GET", "/dashboard/me"): "dashboard",
-    ("GET", "/dashboard/whoami"): "dashboard",
-}
-# Routes the example app serves without a Check (its `exclude_paths`): public by design, never with a rule.
-UNCHECKED = {"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json"}
 METHODS = ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH"]
 
 
@@ -152,36 +138,6 @@ def recording(app: FastAPI, served: Served) -> FastAPI:
     return app
 
 
-@asynccontextmanager
-async def authz_server(tmp_path: Path) -> AsyncIterator[str]:
-    secret = tmp_path / "gerrit-password"
-    secret.write_text(SERVICE_PASSWORD)
-    # The example's policy, rules untouched; Basic credentials (the double's users) as the identity.
-    config = make_config("http://gerrit.invalid", secret, identity=[{"gerrit_http_credentials": {}}])
-    server = build_server(config, build_components(config, transport=GerritDouble().transport()))
-    await server.start()
-    try:
-        yield server.address
-    finally:
-        await server.stop(grace=1.0)
-
-
-@asynccontextmanager
-async def uvicorn_on_loop(app: Any) -> AsyncIterator[str]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(1000):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started, "uvicorn did not start"
-        yield f"127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
-
-
 async def drive(client: httpx.AsyncClient, base: str, served: Served) -> tuple[list[str], dict[str, int]]:
     """Every request once; returns the violations and counts of served/refused requests."""
     violations: list[str] = []
@@ -220,7 +176,7 @@ def report(violations: list[str]) -> str:
 
 async def test_behind_the_middleware(tmp_path: Path) -> None:
     served = Served()
-    async with authz_server(tmp_path) as address:
+    async with authz_on_double(tmp_path) as address:
         app = recording(create_app(address, timeout=5), served)
         transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
         async with httpx.AsyncClient(transport=transport, timeout=15) as client:
@@ -231,7 +187,7 @@ async def test_behind_the_middleware(tmp_path: Path) -> None:
 
 async def test_behind_envoy(tmp_path: Path) -> None:
     served = Served()
-    async with authz_server(tmp_path) as address:
+    async with authz_on_double(tmp_path) as address:
         app = recording(create_app(protect=False), served)
         async with uvicorn_on_loop(app) as upstream:
             bootstrap = example_bootstrap()

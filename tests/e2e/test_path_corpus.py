@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from _support.asgi import uvicorn_on_loop
 from _support.authz import make_config, running_server
 from _support.envoy import EnvoyProcess, example_bootstrap, point_cluster
 from _support.proc import free_port
@@ -132,22 +132,6 @@ UNSETTLED: list[tuple[str, str]] = [
     ("GET", "/admin;x/y"),
     ("GET", "/admin/%00"),
 ]
-
-
-@asynccontextmanager
-async def uvicorn_on_loop(app: Any) -> AsyncIterator[str]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(1000):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started, "uvicorn did not start"
-        yield f"127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
 
 
 @asynccontextmanager

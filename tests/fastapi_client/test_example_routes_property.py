@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from _support.authz import example_config_data
+from _support.example_routes import RULE_FOR, UNCHECKED
 from fastapi_support import example_module
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,16 +28,6 @@ from authz_server.errors import BadRequest
 
 POLICY = Policy.from_config(parse_config(example_config_data()).rules)
 APP: Any = example_module().create_app("127.0.0.1:1")
-RULE_FOR = {
-    ("GET", "/healthz"): "health",
-    ("GET", "/artifacts/{project:path}/-/{branch}/{file:path}"): "read-artifacts",
-    ("PUT", "/artifacts/{project:path}/-/{branch}/{file:path}"): "upload-artifacts",
-    ("POST", "/deploy/{change}"): "deploy",
-    ("GET", "/admin/caches"): "admin-api",
-    ("GET", "/dashboard/me"): "dashboard",
-    ("GET", "/dashboard/whoami"): "dashboard",
-}
-UNCHECKED = {"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json"}
 
 WORDS = ["p", "q", "infra", "deploy-tools", "main", "x.json", "app.tar", "12", "admin", "me", "-"]
 TEMPLATES = [path for _, path in RULE_FOR] + ["/dashboard", "/deploy", "/admin/{x}", "/{x:path}"]
