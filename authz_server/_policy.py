@@ -32,7 +32,7 @@ __all__ = ["Match", "Policy", "Rule"]
 # answers for the most recent ones are kept (a repeated request skips the templates and the other readings).
 # Bounded in entries and in key size, so the memory is bounded whatever the requests.
 _MATCHES_KEPT = 4096
-_MATCH_KEY_MAX = 1024  # longer paths are matched every time
+_MATCH_KEY_MAX = 1024  # longer paths (with host and override methods) are matched every time
 _MISS = object()
 
 
@@ -156,7 +156,8 @@ class Policy:
         """The first rule for ``inp``; raises ``ambiguous_path`` when another reading of it could change it."""
         overrides = override_methods(inp.method, inp.headers, inp.query)
         key: tuple[object, ...] | None = None
-        if len(inp.path) + len(inp.host) <= _MATCH_KEY_MAX:
+        # The override methods are the client's (a header of any size): counted in the bound too.
+        if len(inp.path) + len(inp.host) + sum(map(len, overrides)) <= _MATCH_KEY_MAX:
             context = tuple(inp.context_extensions.items()) if inp.context_extensions else ()
             key = (inp.method, inp.path, inp.host, context, frozenset(overrides))
             kept = self._matches.get(key, _MISS)

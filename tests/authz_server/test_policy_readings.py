@@ -169,3 +169,21 @@ def test_no_reading_reaches_a_stricter_rule_than_the_one_that_decides(method: st
                 other.name,
                 decided,
             )
+
+
+class TestMatchCache:
+    def test_a_long_method_override_is_matched_but_not_kept(self) -> None:
+        # The override header is the client's and unbounded: a key holding it would let requests grow the cache's
+        # memory with the header's size (the cache is bounded in entries and in key size).
+        policy = Policy.from_config(parse_config({"gerrit": GERRIT, "rules": RULES}).rules)
+        methods = ",".join(f"M{i}" for i in range(400))
+        inp = parse_check_request(check_request("GET", "/elsewhere", {"x-http-method-override": methods}))
+        found = policy.match(inp)
+        assert found is not None and found.rule.name == "catch-all"
+        assert policy._matches == {}
+
+    def test_a_short_override_is_kept(self) -> None:
+        policy = Policy.from_config(parse_config({"gerrit": GERRIT, "rules": RULES}).rules)
+        inp = parse_check_request(check_request("GET", "/elsewhere", {"x-http-method-override": "POST"}))
+        assert policy.match(inp) is policy.match(inp)
+        assert len(policy._matches) == 1
