@@ -71,8 +71,6 @@ class FakeGerrit:
             "4711": ChangeInfo(4711, "platform/build", "main", "NEW", {"Code-Review": LabelVotes(2, -1)}, True)
         }
         # The project tree (unknown projects are children of All-Projects); None: the answer is an outage.
-        self.parents: dict[str, str | None] = {"platform/build": "platform", "platform/build-tools": "platform"}
-        self.parent_calls: list[str] = []
 
     @property
     def total(self) -> int:
@@ -118,15 +116,6 @@ class FakeGerrit:
 
     async def change(self, change_id: str, deadline: Deadline) -> Fact[ChangeInfo | None]:
         return await self._answer(("change", change_id), self.changes.get(change_id))
-
-    async def project_parent(self, project: str, deadline: Deadline) -> str | None:
-        self.parent_calls.append(project)
-        if project == "All-Projects":
-            return None
-        parent = self.parents.get(project, "All-Projects")
-        if parent is None:
-            raise Unavailable("gerrit_timeout", "slow", transient=True)
-        return parent
 
 
 class Env:
