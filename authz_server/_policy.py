@@ -7,8 +7,9 @@ in a segment a capture of the chosen rule takes (``/artifacts/platform%2Fbuild/.
 request is refused (400 ``ambiguous_path``). A rule whose methods include GET also governs HEAD.
 
 The same holds for the other readings of a request some router may route on (:mod:`authz_server._readings`: the
-trailing slash dropped, case folded, a ``.json`` suffix dropped, a method override): when one of them would be
-governed by a rule placed above the chosen one, the request is refused. A rule's ``context_extensions`` condition
+trailing slash dropped, case folded, a ``.json`` suffix dropped, a method override, a path reading under an
+override's method): when one of them would be governed by a rule placed above the chosen one, the request is
+refused. A rule's ``context_extensions`` condition
 is taken as met for a reading when its path part does not govern the path as sent: Envoy chose its route on that
 spelling, so a reading it routed elsewhere (``POST /deploy%2F12`` missing a ``/deploy/`` route) says nothing about
 the extensions the other route would have sent.
@@ -196,23 +197,33 @@ class Policy:
         # A context rule whose path part governs the path as sent was judged on the route Envoy really chose: its
         # extensions say no whatever the spelling. Only where the spelling decides the path part is the route (and
         # so the extensions) in doubt. Computed only when there is another reading (most paths have none).
-        context_in_doubt: dict[int, bool] | None = None
+        # An upstream that honours a method override may also read the path laxly: each reading is checked under
+        # the method sent and every method an override names.
+        methods = (inp.method, *overrides)
+        context_in_doubt: dict[tuple[int, str], bool] | None = None
         for reading in readings(inp.path):
             if context_in_doubt is None:
                 context_in_doubt = {
-                    id(rule): not rule.governs_reading(inp, inp.path, folded=False)
+                    (id(rule), method): not rule.governs_reading(inp, inp.path, folded=False, method=method)
                     for rule in above
                     if rule.context is not None
+                    for method in methods
                 }
             for rule in above:
-                if rule.governs_reading(
-                    inp, reading.path, folded=reading.folded, context_as_met=context_in_doubt.get(id(rule), False)
-                ):
-                    raise BadRequest(
-                        "ambiguous_path",
-                        f"with {reading.why} the path is governed by rule {rule.name!r}, placed above the rule "
-                        f"{found.rule.name!r} that governs it as sent",
-                    )
+                for method in methods:
+                    if rule.governs_reading(
+                        inp,
+                        reading.path,
+                        folded=reading.folded,
+                        method=method,
+                        context_as_met=context_in_doubt.get((id(rule), method), False),
+                    ):
+                        via = "" if method == inp.method else f" and the method read as {method[:16]!r}"
+                        raise BadRequest(
+                            "ambiguous_path",
+                            f"with {reading.why}{via} the path is governed by rule {rule.name!r}, placed above the "
+                            f"rule {found.rule.name!r} that governs it as sent",
+                        )
 
     def _slash_checked(self, inp: CheckInput) -> Match | None:
         found = self._first(inp, inp.path)

@@ -121,6 +121,25 @@ class TestMethodOverride:
     def test_an_empty_override_is_no_override(self) -> None:
         assert rule_for("GET", "/artifacts/p/-/main/a", {"x-http-method-override": " "}) == "read"
 
+    def test_an_override_with_another_reading_of_the_path_is_400(self) -> None:
+        # Each alone reaches the weaker rule, but an upstream that honours the override and decodes %2F (or drops
+        # the trailing slash) serves the POST-only deploy route, as a real POST /deploy%2F12 would (refused).
+        assert refused("GET", "/deploy%2F12", {"x-http-method-override": "POST"}) == "ambiguous_path"
+        strict = {"name": "strict", "match": {"methods": ["DELETE"], "path": "/admin/users"}, "require": "anyone"}
+        lax = {"name": "lax", "match": {"path_prefix": "/"}, "require": "authenticated"}
+        policy = Policy.from_config(parse_config({"gerrit": GERRIT, "rules": [strict, lax]}).rules)
+        for path in ("/admin/users/", "/Admin/users", "/admin/users.json"):
+            inp = parse_check_request(check_request("GET", f"{path}?_method=DELETE"))
+            with pytest.raises(BadRequest) as err:
+                policy.match(inp)
+            assert err.value.code == "ambiguous_path", path
+            match = policy.match(parse_check_request(check_request("GET", path)))
+            assert match is not None and match.rule.name == "lax"
+
+    def test_an_override_keeps_the_routed_context_rule_judged_by_its_extensions(self) -> None:
+        assert rule_for("GET", "/deploy/12/", {"x-http-method-override": "POST"}) == "catch-all"
+        assert rule_for("POST", "/deploy/12/") == "catch-all"
+
     def test_a_rule_without_methods_governs_every_override(self) -> None:
         assert rule_for("GET", "/healthz?_method=POST") == "health"
 
