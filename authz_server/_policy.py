@@ -9,10 +9,9 @@ request is refused (400 ``ambiguous_path``). A rule whose methods include GET al
 The same holds for the other readings of a request some router may route on (:mod:`authz_server._readings`: the
 trailing slash dropped, case folded, a ``.json`` suffix dropped, a method override, a path reading under an
 override's method): when one of them would be governed by a rule placed above the chosen one, the request is
-refused. A rule's ``context_extensions`` condition
-is taken as met for a reading when its path part does not govern the path as sent: Envoy chose its route on that
-spelling, so a reading it routed elsewhere (``POST /deploy%2F12`` missing a ``/deploy/`` route) says nothing about
-the extensions the other route would have sent.
+refused. A rule's ``context_extensions`` condition is taken as met for a reading when its path part does not govern
+the path as sent: Envoy chose its route on that spelling, so a reading it routed elsewhere (``POST /deploy%2F12``
+missing a ``/deploy/`` route) says nothing about the extensions the other route would have sent.
 """
 
 from __future__ import annotations
