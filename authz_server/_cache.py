@@ -140,8 +140,9 @@ def _trimmed(value: Any) -> Any:
 class CachedGerrit:
     """A :class:`GerritFacts` that answers from a :class:`Store` before asking ``inner``.
 
-    For a memo built on top (a cached decision): take :meth:`snapshot` before the decision's first lookup, collect
-    the ``scopes`` of every :class:`Fact` it used, and reuse it only while :meth:`is_current` says so.
+    For a memo built on top (a cached decision, :mod:`._memo`): take the store's snapshot before the decision's
+    first lookup, collect the ``scopes`` of every :class:`Fact` it used (:func:`recording_facts`), and reuse it only
+    while the store says none of their slots was bumped since.
     """
 
     def __init__(
@@ -162,14 +163,6 @@ class CachedGerrit:
         self._clock = clock
         self._encodes = store.encodes
         self._inflight: dict[tuple[str, Snapshot], asyncio.Future[Fact[Any]]] = {}
-
-    async def snapshot(self) -> Snapshot:
-        """The generations now: record it before a lookup whose result you keep."""
-        return await self._store.snapshot()
-
-    async def is_current(self, snapshot: Snapshot, scopes: tuple[str, ...]) -> bool:
-        """Whether no scope in ``scopes`` was invalidated since ``snapshot`` was taken (False when unknown)."""
-        return await self._holds(snapshot, tuple({bucket(s) for s in scopes}))
 
     async def _cached(
         self,

@@ -4,7 +4,7 @@ Only what a decision is made of matters: a project's access rights, labels and s
 (``refs/meta/config``), group membership and accounts (refs in All-Users), and changes (status, votes,
 visibility). Everything else (comments without votes, reviewers, hashtags, branch pushes) is ignored.
 ``dropped-output`` (Gerrit dropped events for a slow reader) means anything may have changed: everything.
-``batch-ref-updated`` is read like each ``ref-updated`` it carries; one whose updates cannot be read drops
+``batch-ref-updated`` is read like each ``ref-updated`` it carries; one with an update that cannot be read drops
 everything. A line that is not a JSON object is :class:`MalformedEvent`; an object of an unknown type maps to
 nothing.
 """
@@ -82,12 +82,16 @@ def event_type(event: dict[str, Any]) -> str:
     return kind if isinstance(kind, str) else ""
 
 
+def _readable(update: Any) -> bool:
+    return (
+        isinstance(update, dict) and isinstance(update.get("project"), str) and isinstance(update.get("refName"), str)
+    )
+
+
 def _ref_updated(update: Any) -> list[Invalidation]:
-    if not isinstance(update, dict):
+    if not _readable(update):
         return []
-    project, ref = update.get("project"), update.get("refName")
-    if not isinstance(project, str) or not isinstance(ref, str):
-        return []
+    project, ref = update["project"], update["refName"]
     if ref == "refs/meta/config":
         # Access rights, the parent, labels and submit requirements: the project, everything inheriting, and their
         # cached changes (the cache drops all of them together).
@@ -117,7 +121,7 @@ def invalidations(event: dict[str, Any]) -> list[Invalidation]:
         return _ref_updated(event.get("refUpdate"))
     if kind == "batch-ref-updated":
         updates = event.get("refUpdates")
-        if not isinstance(updates, list):
+        if not isinstance(updates, list) or not all(_readable(u) for u in updates):
             return [Invalidation("everything")]  # a batch we cannot read may have held anything
         found: list[Invalidation] = []
         for update in updates:

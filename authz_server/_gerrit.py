@@ -268,7 +268,3 @@ class GerritClient:
                 submittable=data.get("submittable"),
             )
         )
-
-    async def project_parent(self, project: str, deadline: Deadline) -> str | None:
-        data = await self._get(f"projects/{quote(project, safe='')}/parent", deadline)
-        return data if isinstance(data, str) and data else None

@@ -7,11 +7,11 @@ in a segment a capture of the chosen rule takes (``/artifacts/platform%2Fbuild/.
 request is refused (400 ``ambiguous_path``). A rule whose methods include GET also governs HEAD.
 
 The same holds for the other readings of a request some router may route on (:mod:`authz_server._readings`: the
-trailing slash dropped, case folded, a ``.json`` suffix dropped, a method override): when one of them would be
-governed by a rule placed above the chosen one, the request is refused. A rule's ``context_extensions`` condition
-is taken as met for a reading when its path part does not govern the path as sent: Envoy chose its route on that
-spelling, so a reading it routed elsewhere (``POST /deploy%2F12`` missing a ``/deploy/`` route) says nothing about
-the extensions the other route would have sent.
+trailing slash dropped, case folded, a ``.json`` suffix dropped, a method override, a path reading under an
+override's method): when one of them would be governed by a rule placed above the chosen one, the request is
+refused. A rule's ``context_extensions`` condition is taken as met for a reading when its path part does not govern
+the path as sent: Envoy chose its route on that spelling, so a reading it routed elsewhere (``POST /deploy%2F12``
+missing a ``/deploy/`` route) says nothing about the extensions the other route would have sent.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ __all__ = ["Match", "Policy", "Rule"]
 # answers for the most recent ones are kept (a repeated request skips the templates and the other readings).
 # Bounded in entries and in key size, so the memory is bounded whatever the requests.
 _MATCHES_KEPT = 4096
-_MATCH_KEY_MAX = 1024  # longer paths are matched every time
+_MATCH_KEY_MAX = 1024  # longer paths (with host and override methods) are matched every time
 _MISS = object()
 
 
@@ -156,7 +156,8 @@ class Policy:
         """The first rule for ``inp``; raises ``ambiguous_path`` when another reading of it could change it."""
         overrides = override_methods(inp.method, inp.headers, inp.query)
         key: tuple[object, ...] | None = None
-        if len(inp.path) + len(inp.host) <= _MATCH_KEY_MAX:
+        # The override methods are the client's (a header of any size): counted in the bound too.
+        if len(inp.path) + len(inp.host) + sum(map(len, overrides)) <= _MATCH_KEY_MAX:
             context = tuple(inp.context_extensions.items()) if inp.context_extensions else ()
             key = (inp.method, inp.path, inp.host, context, frozenset(overrides))
             kept = self._matches.get(key, _MISS)
@@ -195,23 +196,33 @@ class Policy:
         # A context rule whose path part governs the path as sent was judged on the route Envoy really chose: its
         # extensions say no whatever the spelling. Only where the spelling decides the path part is the route (and
         # so the extensions) in doubt. Computed only when there is another reading (most paths have none).
-        context_in_doubt: dict[int, bool] | None = None
+        # An upstream that honours a method override may also read the path laxly: each reading is checked under
+        # the method sent and every method an override names.
+        methods = (inp.method, *overrides)
+        context_in_doubt: dict[tuple[int, str], bool] | None = None
         for reading in readings(inp.path):
             if context_in_doubt is None:
                 context_in_doubt = {
-                    id(rule): not rule.governs_reading(inp, inp.path, folded=False)
+                    (id(rule), method): not rule.governs_reading(inp, inp.path, folded=False, method=method)
                     for rule in above
                     if rule.context is not None
+                    for method in methods
                 }
             for rule in above:
-                if rule.governs_reading(
-                    inp, reading.path, folded=reading.folded, context_as_met=context_in_doubt.get(id(rule), False)
-                ):
-                    raise BadRequest(
-                        "ambiguous_path",
-                        f"with {reading.why} the path is governed by rule {rule.name!r}, placed above the rule "
-                        f"{found.rule.name!r} that governs it as sent",
-                    )
+                for method in methods:
+                    if rule.governs_reading(
+                        inp,
+                        reading.path,
+                        folded=reading.folded,
+                        method=method,
+                        context_as_met=context_in_doubt.get((id(rule), method), False),
+                    ):
+                        via = "" if method == inp.method else f" and the method read as {method[:16]!r}"
+                        raise BadRequest(
+                            "ambiguous_path",
+                            f"with {reading.why}{via} the path is governed by rule {rule.name!r}, placed above the "
+                            f"rule {found.rule.name!r} that governs it as sent",
+                        )
 
     def _slash_checked(self, inp: CheckInput) -> Match | None:
         found = self._first(inp, inp.path)

@@ -85,8 +85,10 @@ def override_methods(method: str, headers: Mapping[str, str], query: str) -> set
     for name, value in headers.items():
         if "method" in name and name.replace("_", "-") in OVERRIDE_HEADERS:
             named.update(v.strip().upper() for v in value.split(","))
-    if "_method" in query.lower():
-        named.update(v.strip().upper() for k, v in parse_qsl(query, keep_blank_values=True) if k.lower() == "_method")
+    # Frameworks decode the parameter's name ("%5Fmethod") and some split on ';' too (Rack 2): read it as they do.
+    if "_method" in query.lower() or "%" in query:
+        pairs = parse_qsl(query.replace(";", "&"), keep_blank_values=True)
+        named.update(v.strip().upper() for k, v in pairs if k.lower() == "_method")
     named.discard(method)
     named.discard("")  # an empty override is ignored by the frameworks that read one
     return named

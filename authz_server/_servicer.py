@@ -70,15 +70,8 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         if self._tracing is not None:
             return await self._traced_check(self._tracing, request, context)
         start = time.perf_counter()
-        deadline = Deadline.for_call(context.time_remaining(), self._check_timeout)
-        decision, inp = await run_check(self._authorizer, request, deadline)
-        response = to_check_response(
-            decision, inp, retry_after=self._retry_after, outages_as_errors=self._outages_as_errors
-        )
-        elapsed = time.perf_counter() - start
-        self._audit(decision, inp, elapsed_ms=elapsed * 1000)
-        if self._metrics is not None:
-            self._metrics.observe(decision, elapsed)
+        decision, inp, response = await self._answer(request, context)
+        self._record(decision, inp, start)
         return response
 
     async def _traced_check(
@@ -87,14 +80,25 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         """:meth:`Check` inside its span (a separate path, so that with tracing off a Check pays nothing)."""
         start = time.perf_counter()
         with tracing.check_span(tracing.parent(context.invocation_metadata(), request)) as span:
-            deadline = Deadline.for_call(context.time_remaining(), self._check_timeout)
-            decision, inp = await run_check(self._authorizer, request, deadline)
-            response = to_check_response(
-                decision, inp, retry_after=self._retry_after, outages_as_errors=self._outages_as_errors
-            )
+            decision, inp, response = await self._answer(request, context)
             trace = tracing.finish(span, decision, inp)
+        self._record(decision, inp, start, trace)
+        return response
+
+    async def _answer(
+        self, request: CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> tuple[Decision, CheckInput | None, CheckResponse]:
+        deadline = Deadline.for_call(context.time_remaining(), self._check_timeout)
+        decision, inp = await run_check(self._authorizer, request, deadline)
+        response = to_check_response(
+            decision, inp, retry_after=self._retry_after, outages_as_errors=self._outages_as_errors
+        )
+        return decision, inp, response
+
+    def _record(
+        self, decision: Decision, inp: CheckInput | None, start: float, trace: tuple[str, str] | None = None
+    ) -> None:
         elapsed = time.perf_counter() - start
         self._audit(decision, inp, elapsed_ms=elapsed * 1000, trace=trace)
         if self._metrics is not None:
             self._metrics.observe(decision, elapsed)
-        return response

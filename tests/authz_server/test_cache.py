@@ -19,7 +19,7 @@ from authz_server._accounts import AccountKey
 from authz_server._cache import CachedGerrit
 from authz_server._deadline import Deadline
 from authz_server._facts import AccessResult, Account, ChangeInfo, Fact, Group, LabelVotes
-from authz_server._generations import Snapshot
+from authz_server._generations import Snapshot, bucket
 from authz_server._store import Entry, MemoryStore
 from authz_server.config import TtlConfig
 from authz_server.errors import Unavailable
@@ -71,8 +71,6 @@ class FakeGerrit:
             "4711": ChangeInfo(4711, "platform/build", "main", "NEW", {"Code-Review": LabelVotes(2, -1)}, True)
         }
         # The project tree (unknown projects are children of All-Projects); None: the answer is an outage.
-        self.parents: dict[str, str | None] = {"platform/build": "platform", "platform/build-tools": "platform"}
-        self.parent_calls: list[str] = []
 
     @property
     def total(self) -> int:
@@ -118,15 +116,6 @@ class FakeGerrit:
 
     async def change(self, change_id: str, deadline: Deadline) -> Fact[ChangeInfo | None]:
         return await self._answer(("change", change_id), self.changes.get(change_id))
-
-    async def project_parent(self, project: str, deadline: Deadline) -> str | None:
-        self.parent_calls.append(project)
-        if project == "All-Projects":
-            return None
-        parent = self.parents.get(project, "All-Projects")
-        if parent is None:
-            raise Unavailable("gerrit_timeout", "slow", transient=True)
-        return parent
 
 
 class Env:
@@ -857,14 +846,17 @@ async def test_an_invalidation_through_a_reloaded_cache_stops_the_old_one_storin
 
 
 async def test_facts_carry_their_scopes_and_a_snapshot_tells_if_they_still_hold(env: Env) -> None:
-    before = await env.cache.snapshot()
+    async def is_current(snapshot: Snapshot, scopes: tuple[str, ...]) -> bool:
+        return await env.store.current(snapshot, tuple({bucket(s) for s in scopes}))
+
+    before = await env.store.snapshot()
     fact = await env.cache.groups(ALICE.id, budget())
     cached = await env.cache.groups(ALICE.id, budget())
     assert "a:1000001" in fact.scopes and fact.scopes == cached.scopes
-    assert await env.cache.is_current(before, fact.scopes)
+    assert await is_current(before, fact.scopes)
 
     await env.cache.invalidate(account="bob")
-    assert await env.cache.is_current(before, fact.scopes)
+    assert await is_current(before, fact.scopes)
     await env.cache.invalidate(account="alice")
-    assert not await env.cache.is_current(before, fact.scopes)
-    assert await env.cache.is_current(await env.cache.snapshot(), fact.scopes)
+    assert not await is_current(before, fact.scopes)
+    assert await is_current(await env.store.snapshot(), fact.scopes)

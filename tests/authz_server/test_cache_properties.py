@@ -217,9 +217,6 @@ class SerialGerrit:
         n = change_number(change_id)
         return await self._answer(lambda s: ChangeInfo(n, CHANGES[n], f"#{s}", "NEW", {}, True))
 
-    async def project_parent(self, project: str, deadline: Deadline) -> str | None:
-        return PARENT.get(canon(project), "All-Projects")  # only the search-and-delete design asks this
-
 
 def serial_of(lookup: Lookup, value: Any) -> int:
     if isinstance(value, Account):

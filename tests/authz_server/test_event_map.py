@@ -163,6 +163,15 @@ def test_batch_ref_updated_is_applied_like_its_parts() -> None:
         assert set(single) <= set(invalidations({"type": "batch-ref-updated", "refUpdates": updates}))
 
 
-@pytest.mark.parametrize("updates", [None, "x", {"project": "web"}])
+@pytest.mark.parametrize(
+    "updates",
+    [
+        None,
+        "x",
+        {"project": "web"},
+        [{"project": "web", "refName": "refs/heads/main"}, "x"],
+        [{"project": "All-Users", "refName": 7}],
+    ],
+)
 def test_a_batch_that_cannot_be_read_drops_everything(updates: Any) -> None:
     assert invalidations({"type": "batch-ref-updated", "refUpdates": updates}) == [Invalidation("everything")]

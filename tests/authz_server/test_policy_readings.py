@@ -114,12 +114,36 @@ class TestMethodOverride:
     def test_the_query_parameter_too(self) -> None:
         assert refused("DELETE", "/artifacts/p/-/main/a?_method=GET") == "ambiguous_method"
 
+    @pytest.mark.parametrize("query", ["%5Fmethod=GET", "_%6Dethod=GET", "x=1;_method=GET", "_METHOD=get"])
+    def test_the_query_parameter_in_any_spelling_a_framework_decodes(self, query: str) -> None:
+        # Rack, qs and PHP decode the parameter's name before looking for `_method`; Rack 2 also splits on ';'.
+        assert refused("DELETE", f"/artifacts/p/-/main/a?{query}") == "ambiguous_method"
+
     def test_an_override_to_the_same_rule_is_fine(self) -> None:
         assert rule_for("GET", "/elsewhere", {"x-http-method-override": "POST"}) == "catch-all"
         assert rule_for("GET", "/artifacts/p/-/main/a", {"x-http-method-override": "get"}) == "read"
 
     def test_an_empty_override_is_no_override(self) -> None:
         assert rule_for("GET", "/artifacts/p/-/main/a", {"x-http-method-override": " "}) == "read"
+
+    def test_an_override_with_another_reading_of_the_path_is_400(self) -> None:
+        # Each alone reaches the weaker rule, but an upstream that honours the override and decodes %2F (or drops
+        # the trailing slash) serves the POST-only deploy route, as a real POST /deploy%2F12 would (refused).
+        assert refused("GET", "/deploy%2F12", {"x-http-method-override": "POST"}) == "ambiguous_path"
+        strict = {"name": "strict", "match": {"methods": ["DELETE"], "path": "/admin/users"}, "require": "anyone"}
+        lax = {"name": "lax", "match": {"path_prefix": "/"}, "require": "authenticated"}
+        policy = Policy.from_config(parse_config({"gerrit": GERRIT, "rules": [strict, lax]}).rules)
+        for path in ("/admin/users/", "/Admin/users", "/admin/users.json"):
+            inp = parse_check_request(check_request("GET", f"{path}?_method=DELETE"))
+            with pytest.raises(BadRequest) as err:
+                policy.match(inp)
+            assert err.value.code == "ambiguous_path", path
+            match = policy.match(parse_check_request(check_request("GET", path)))
+            assert match is not None and match.rule.name == "lax"
+
+    def test_an_override_keeps_the_routed_context_rule_judged_by_its_extensions(self) -> None:
+        assert rule_for("GET", "/deploy/12/", {"x-http-method-override": "POST"}) == "catch-all"
+        assert rule_for("POST", "/deploy/12/") == "catch-all"
 
     def test_a_rule_without_methods_governs_every_override(self) -> None:
         assert rule_for("GET", "/healthz?_method=POST") == "health"
@@ -188,3 +212,21 @@ def test_the_reading_property_is_not_vacuous(method: str, path: str, route: bool
     # Decided requests with other readings (a trailing slash, an encoded slash) and rules placed above the deciding
     # one: the property's assertion really runs for them, so it is not passing on early returns alone.
     assert _stricter_rules_checked(method, path, route) > 0
+
+
+class TestMatchCache:
+    def test_a_long_method_override_is_matched_but_not_kept(self) -> None:
+        # The override header is the client's and unbounded: a key holding it would let requests grow the cache's
+        # memory with the header's size (the cache is bounded in entries and in key size).
+        policy = Policy.from_config(parse_config({"gerrit": GERRIT, "rules": RULES}).rules)
+        methods = ",".join(f"M{i}" for i in range(400))
+        inp = parse_check_request(check_request("GET", "/elsewhere", {"x-http-method-override": methods}))
+        found = policy.match(inp)
+        assert found is not None and found.rule.name == "catch-all"
+        assert policy._matches == {}
+
+    def test_a_short_override_is_kept(self) -> None:
+        policy = Policy.from_config(parse_config({"gerrit": GERRIT, "rules": RULES}).rules)
+        inp = parse_check_request(check_request("GET", "/elsewhere", {"x-http-method-override": "POST"}))
+        assert policy.match(inp) is policy.match(inp)
+        assert len(policy._matches) == 1

@@ -82,20 +82,20 @@ async def test_401_rereads_the_file_once_and_retries_once(tmp_path: Path) -> Non
     stats = RotationStats()
     http = make_http_client(transport=httpx.MockTransport(gerrit))
     client = GerritClient("http://gerrit", "bot", SecretFile(path, stats=stats), http, timeout=2, stats=stats)
-    assert await client.project_parent("p", Deadline.after(5)) is None
+    assert (await client.capabilities(1, Deadline.after(5))).value == frozenset()
     # Gerrit rotated and the file followed, but keeping its identity: only the 401 can tell.
     gerrit.password = "new-pass"
     before = path.stat()
     path.write_text("new-pass")
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     gerrit.seen.clear()
-    assert await client.project_parent("p", Deadline.after(5)) is None
+    assert (await client.capabilities(1, Deadline.after(5))).value == frozenset()
     assert gerrit.seen == ["bot:old-pass", "bot:new-pass"] and stats.auth_retries == 1
     # Gerrit rotated again, the file did not follow: one request, one re-read, no retry, never a loop.
     gerrit.password = "newer-pass"
     gerrit.seen.clear()
     with pytest.raises(Unavailable) as exc:
-        await client.project_parent("p", Deadline.after(5))
+        await client.capabilities(1, Deadline.after(5))
     assert exc.value.code == "gerrit_auth_failed"
     assert gerrit.seen == ["bot:new-pass"] and stats.auth_retries == 1
     await http.aclose()
