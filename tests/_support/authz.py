@@ -18,7 +18,6 @@ from authz_server._app import build_components
 from authz_server._server import AuthzServer, build_server
 from authz_server.checkrequest import build_check_request, join_headers
 from authz_server.config import Config, parse_config
-from bench.gerrit_double import SERVICE_PASSWORD, GerritDouble
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = REPO_ROOT / "examples" / "config.yaml"
@@ -63,6 +62,9 @@ def make_config(
 async def authz_on_double(tmp_path: Path, rules: list[Any] | None = None) -> AsyncIterator[str]:
     """The example's config (or ``rules``) with Basic credentials as the identity, its Gerrit the in-process
     :class:`GerritDouble`; yields the gRPC address."""
+    # Imported here: scripts/demo.py imports this module with only tests/ on its path (bench/ is not there).
+    from bench.gerrit_double import SERVICE_PASSWORD, GerritDouble
+
     secret = tmp_path / "gerrit-password"
     secret.write_text(SERVICE_PASSWORD)
     config = make_config("http://gerrit.invalid", secret, identity=[{"gerrit_http_credentials": {}}], rules=rules)

@@ -64,22 +64,30 @@ def read_until(lines: queue.Queue[str], marker: str, timeout: float) -> str:
     until = time.monotonic() + timeout
     while marker not in out:
         try:
-            out += lines.get(timeout=max(0.1, until - time.monotonic()))
+            line = lines.get(timeout=max(0.1, until - time.monotonic()))
         except queue.Empty:
             pytest.fail(f"no {marker!r} from the demo within {timeout:.0f}s:\n{out[-4000:]}")
+        if line == _EOF:
+            pytest.fail(f"the demo ended before {marker!r}:\n{out[-4000:]}")
+        out += line
     return out
 
 
 def _drain(lines: queue.Queue[str]) -> str:
     out = ""
     while not lines.empty():
-        out += lines.get_nowait()
+        line = lines.get_nowait()
+        out += "" if line == _EOF else line
     return out
+
+
+_EOF = "\0demo output ended\n"
 
 
 def pump(stream: IO[str], lines: queue.Queue[str]) -> None:
     for line in stream:
         lines.put(line)
+    lines.put(_EOF)  # read_until fails at once when the demo exits, instead of waiting out its timeout
 
 
 def test_quickstart_tours_keeps_running_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
