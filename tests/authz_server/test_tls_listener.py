@@ -115,10 +115,14 @@ async def test_other_san_is_refused_on_every_service(mtls_server: AuthzServer, p
         stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
         )
+        answers = []
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            async for _ in stream:
-                pass
-    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            async for answer in stream:
+                answers.append(answer)
+    assert answers == []  # no service list ever reaches the refused caller
+    # The server's PERMISSION_DENIED, or (a race in grpc's client) the client's own send of the request failing
+    # after the server already ended the stream: "Internal error from Core", seen once under load.
+    assert err.value.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INTERNAL), err.value
 
 
 @pytest.mark.asyncio
