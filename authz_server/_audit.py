@@ -13,6 +13,8 @@ import os
 import select
 import sys
 from collections.abc import Callable
+from functools import lru_cache
+from json.encoder import encode_basestring_ascii
 from typing import TextIO
 
 from ._engine import Decision
@@ -23,40 +25,79 @@ __all__ = ["AUDIT_LOGGER", "AuditLog", "stderr_audit_log"]
 
 AUDIT_LOGGER = logging.getLogger("gerrit_authz.audit")
 _ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps would build one per call for these separators
+_str = encode_basestring_ascii  # what _ENCODER writes for a str (it is ensure_ascii): the C function itself
 
 
 def audit_line(
     decision: Decision, inp: CheckInput | None, *, elapsed_ms: float, via: str, trace: tuple[str, str] | None = None
 ) -> str:
+    """The line as JSON, keys in a fixed order. What the decision contributes is encoded once per distinct decision
+    (:func:`_decision_fields`); per Check only the decision id and the request's own fields are."""
     identity = decision.identity
     principal = identity.principal
     account = identity.account
-    line = {
-        "decision_id": decision.decision_id,
-        "allowed": decision.allowed,
-        "http_status": status_for(decision.error).http,
-        "code": decision.error.code if decision.error else "",
-        "reason": decision.reason,
-        "rule": decision.rule,
-        "identity_source": principal.source if principal else "",
-        "subject": principal.subject if principal else "",
-        "account_id": account.id if account else None,
-        "username": account.username if account else "",
-        "method": inp.method if inp else "",
-        "host": inp.host if inp else "",
-        "path": inp.path if inp else "",
-        "source_address": inp.source_address if inp else "",
-        "request_id": inp.request_id if inp else "",
-        "elapsed_ms": round(elapsed_ms, 3),
-        "via": via,
-        # In shadow mode "allowed" is what the caller got; http_status and code are the real decision.
-        "shadow": decision.shadow,
-        # Answered from the decision memo: the decision an identical Check got, still exactly a fresh one's.
-        "memo": decision.memo,
+    error = decision.error
+    head, tail = _decision_fields(
+        decision.allowed,
+        status_for(error).http,
+        error.code if error else "",
+        error.reason if error else "",
+        decision.rule,
+        principal.source if principal else "",
+        principal.subject if principal else "",
+        account.id if account else None,
+        account.username if account else "",
+        decision.shadow,
+        decision.memo,
+    )
+    if inp is None:
+        request = _NO_REQUEST
+    else:
+        request = (
+            f',"method":{_str(inp.method)},"host":{_str(inp.host)},"path":{_str(inp.path)}'
+            f',"source_address":{_str(inp.source_address)},"request_id":{_str(inp.request_id)}'
+        )
+    traced = "" if trace is None else f',"trace_id":{_str(trace[0])},"span_id":{_str(trace[1])}'
+    elapsed = repr(round(elapsed_ms, 3))  # what JSON writes for a finite number
+    return (
+        f'{{"decision_id":{_str(decision.decision_id)}{head}{request},"elapsed_ms":{elapsed},"via":{_str(via)}'
+        f"{tail}{traced}}}"
+    )
+
+
+_NO_REQUEST = ',"method":"","host":"","path":"","source_address":"","request_id":""'
+
+
+@lru_cache(maxsize=4096)
+def _decision_fields(
+    allowed: bool,
+    http_status: int,
+    code: str,
+    reason: str,
+    rule: str,
+    identity_source: str,
+    subject: str,
+    account_id: int | None,
+    username: str,
+    shadow: bool,
+    memo: bool,
+) -> tuple[str, str]:
+    """The decision's part of the line, as the JSON text before and after the request's fields."""
+    head = {
+        "allowed": allowed,
+        "http_status": http_status,
+        "code": code,
+        "reason": reason,
+        "rule": rule,
+        "identity_source": identity_source,
+        "subject": subject,
+        "account_id": account_id,
+        "username": username,
     }
-    if trace is not None:  # with tracing on: the decision's OpenTelemetry trace and span
-        line["trace_id"], line["span_id"] = trace
-    return _ENCODER.encode(line)
+    # In shadow mode "allowed" is what the caller got; http_status and code are the real decision. "memo": answered
+    # from the decision memo (the decision an identical Check got, still exactly a fresh one's).
+    tail = {"shadow": shadow, "memo": memo}
+    return "," + _ENCODER.encode(head)[1:-1], "," + _ENCODER.encode(tail)[1:-1]
 
 
 class AuditLog:

@@ -23,18 +23,35 @@ __all__ = ["Metrics", "StreamMetrics"]
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+class _Children:
+    """A labelled metric's children, kept: ``labels()`` validates and locks on every call, and the Check path
+    asks for the same few children each time (label values are bounded by the configuration)."""
+
+    def __init__(self, metric: Counter) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Counter] = {}
+
+    def __call__(self, *labels: str) -> Counter:
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self._metric.labels(*labels)
+        return child
+
+
 class Metrics:
     """One registry per instance, so several servers (or tests) in one process do not collide."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._http: WSGIServer | None = None
-        self._decisions = Counter(
-            "gerrit_authz_decisions",
-            "Decisions by outcome, HTTP status, error code, rule and mode (enforce, or shadow: the real decision"
-            " of a request that was let through).",
-            ["allowed", "http_status", "code", "rule", "mode"],
-            registry=self.registry,
+        self._decisions = _Children(
+            Counter(
+                "gerrit_authz_decisions",
+                "Decisions by outcome, HTTP status, error code, rule and mode (enforce, or shadow: the real decision"
+                " of a request that was let through).",
+                ["allowed", "http_status", "code", "rule", "mode"],
+                registry=self.registry,
+            )
         )
         self._duration = Histogram(
             "gerrit_authz_check_duration_seconds",
@@ -42,22 +59,26 @@ class Metrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
-        self._memo_hits = Counter(
-            "gerrit_authz_decision_memo_hits",
-            "Checks answered from the decision memo (no identity check, no fact lookup), by rule.",
-            ["rule"],
-            registry=self.registry,
+        self._memo_hits = _Children(
+            Counter(
+                "gerrit_authz_decision_memo_hits",
+                "Checks answered from the decision memo (no identity check, no fact lookup), by rule.",
+                ["rule"],
+                registry=self.registry,
+            )
         )
-        self._lookups = Counter(
-            "gerrit_authz_lookups",
-            "Gerrit facts behind decisions, by requirement kind and where the answer came from.",
-            ["kind", "source"],
-            registry=self.registry,
+        self._lookups = _Children(
+            Counter(
+                "gerrit_authz_lookups",
+                "Gerrit facts behind decisions, by requirement kind and where the answer came from.",
+                ["kind", "source"],
+                registry=self.registry,
+            )
         )
 
     def observe(self, decision: Decision, seconds: float) -> None:
         error = decision.error
-        self._decisions.labels(
+        self._decisions(
             "true" if error is None else "false",
             str(status_for(error).http),
             error.code if error else "",
@@ -66,10 +87,10 @@ class Metrics:
         ).inc()
         self._duration.observe(seconds)
         if decision.memo:  # its lookups are counted as the cache hits a fresh decision would have made
-            self._memo_hits.labels(decision.rule).inc()
+            self._memo_hits(decision.rule).inc()
         for entry in decision.trace:
             if entry.source:
-                self._lookups.labels(entry.kind, entry.source).inc()
+                self._lookups(entry.kind, entry.source).inc()
 
     def track_operations(self, rotation: RotationStats, reloads: ReloadStats) -> None:
         """Export the rotation and reload counters (read at scrape time)."""

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from functools import lru_cache
+from typing import Protocol
 
 from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
 from envoy.service.auth.v3.external_auth_pb2 import CheckResponse, DeniedHttpResponse, OkHttpResponse
@@ -22,12 +23,14 @@ from google.protobuf.struct_pb2 import Struct
 from google.rpc.status_pb2 import Status as RpcStatus
 
 from ._engine import Decision
+from ._facts import Account
 from ._input import CheckInput
 from .checkrequest import IDENTITY_HEADERS, is_identity_header
 from .errors import Unauthenticated, status_for
 
 __all__ = [
     "allowed_headers",
+    "allowed_response",
     "challenge_schemes",
     "denied_body",
     "denied_header_lines",
@@ -65,10 +68,17 @@ def challenge_schemes(identity: Iterable[_IdentityEntry]) -> tuple[str, ...]:
 
 def allowed_headers(decision: Decision) -> dict[str, str]:
     """Headers set on the upstream request for an allowed decision."""
-    headers = {"x-authz-rule": decision.rule, "x-authz-decision-id": decision.decision_id}
-    if decision.error is not None:  # a shadowed deny: tell the upstream what enforcing would have answered
-        headers["x-authz-shadow"] = decision.error.code
-    account = decision.identity.account
+    return _set_headers(decision.decision_id, decision.rule, _shadow_code(decision), decision.identity.account)
+
+
+def _shadow_code(decision: Decision) -> str | None:
+    return decision.error.code if decision.error is not None else None
+
+
+def _set_headers(decision_id: str, rule: str, shadow: str | None, account: Account | None) -> dict[str, str]:
+    headers = {"x-authz-rule": rule, "x-authz-decision-id": decision_id}
+    if shadow is not None:  # a shadowed deny: tell the upstream what enforcing would have answered
+        headers["x-authz-shadow"] = shadow
     if account is not None:
         headers["x-gerrit-account-id"] = str(account.id)
         if account.username:
@@ -129,15 +139,6 @@ def _denied_options(lines: Sequence[tuple[str, str]]) -> list[HeaderValueOption]
     return options
 
 
-def _add_options(field: Any, headers: Mapping[str, str]) -> None:
-    """The same options as :func:`_options`, added in place to a repeated field (no message copies: hot path)."""
-    add = field.add
-    for key, value in headers.items():
-        header = add(append_action=_OVERWRITE).header
-        header.key = key
-        header.value = value
-
-
 def http_response(response: CheckResponse) -> DeniedHttpResponse:
     """The HTTP answer of a refused CheckResponse, whether it went as ``denied_response`` or ``error_response``."""
     return response.error_response if response.HasField("error_response") else response.denied_response
@@ -155,22 +156,12 @@ def to_check_response(
     ``error_response`` with status OK is an allow to Envoy.
     """
     if decision.allowed:
-        status = status_for(None)
-        headers = allowed_headers(decision)
-        remove = _headers_to_remove(inp, headers)
         account = decision.identity.account
-        metadata = Struct()
-        fields = metadata.fields  # set directly: Struct.update() type-dispatches every value (hot path)
-        fields["account_id"].string_value = str(account.id) if account else ""
-        fields["username"].string_value = account.username if account else ""
-        fields["rule"].string_value = decision.rule
-        fields["decision_id"].string_value = decision.decision_id
-        response = CheckResponse(
-            status=RpcStatus(code=status.grpc.value[0]),
-            ok_response=OkHttpResponse(headers_to_remove=remove),
-            dynamic_metadata=metadata,
-        )
-        _add_options(response.ok_response.headers, headers)
+        template = _allowed_template(decision.rule, _shadow_code(decision), account, _client_identity_headers(inp))
+        response = CheckResponse()
+        response.CopyFrom(template)  # one C copy of the cached message; the id is the only per-Check part
+        response.ok_response.headers[_DECISION_ID_OPTION].header.value = decision.decision_id
+        response.dynamic_metadata.fields["decision_id"].string_value = decision.decision_id
         return response
     assert decision.error is not None
     status = status_for(decision.error)
@@ -185,22 +176,67 @@ def to_check_response(
     return CheckResponse(status=rpc_status, denied_response=denied, dynamic_metadata=_deny_metadata(decision))
 
 
-def _headers_to_remove(inp: CheckInput | None, headers: Mapping[str, str]) -> list[str]:
+def _client_identity_headers(inp: CheckInput | None) -> tuple[str, ...]:
+    """Client-sent names that read as identity headers (any case, ``_`` for ``-``) but are not one of the fixed
+    set's spellings. Names in ``inp.headers`` are lower-cased already, as Envoy matches removals."""
+    if inp is None:
+        return ()
+    # Hot path: a lower-cased name reads as an identity header only if it starts with one of _SPELLED.
+    return tuple(
+        h for h in inp.headers if h.startswith(_SPELLED) and is_identity_header(h) and h not in IDENTITY_HEADERS
+    )
+
+
+#: Every lower-cased name :func:`is_identity_header` accepts starts with one of these (a cheap test first).
+_SPELLED = ("x-gerrit", "x_gerrit", "x-authz", "x_authz")
+
+
+def _headers_to_remove(headers: Mapping[str, str], client_sent: Sequence[str]) -> list[str]:
     """Every client-sent identity header in any spelling, and the fixed identity set, unless set by name.
 
     A client's ``x_gerrit_account_id`` is another wire name than the ``x-gerrit-account-id`` set here, so it is
-    removed (a WSGI server would read both as ``HTTP_X_GERRIT_ACCOUNT_ID``). Names in ``inp.headers`` are
-    lower-cased already, as Envoy matches removals.
+    removed (a WSGI server would read both as ``HTTP_X_GERRIT_ACCOUNT_ID``).
     """
     remove = [h for h in IDENTITY_HEADERS if h not in headers]
-    if inp is not None:
-        # Hot path: most names do not start with "x"; inp.headers names are lower-cased already.
-        remove.extend(
-            h
-            for h in inp.headers
-            if h[:1] == "x" and h not in headers and is_identity_header(h) and h not in IDENTITY_HEADERS
-        )
+    remove.extend(h for h in client_sent if h not in headers)
     return remove
+
+
+def allowed_response(
+    decision_id: str, rule: str, shadow: str | None, account: Account | None, client_sent: Sequence[str]
+) -> CheckResponse:
+    """The CheckResponse of an allow: ``shadow`` is the code of a shadowed deny, ``client_sent`` the client's own
+    identity-header spellings (:func:`_client_identity_headers`). Everything it reads is in its arguments."""
+    headers = _set_headers(decision_id, rule, shadow, account)
+    metadata = Struct()
+    fields = metadata.fields  # set directly: Struct.update() type-dispatches every value
+    fields["account_id"].string_value = str(account.id) if account else ""
+    fields["username"].string_value = account.username if account else ""
+    fields["rule"].string_value = rule
+    fields["decision_id"].string_value = decision_id
+    return CheckResponse(
+        status=RpcStatus(code=status_for(None).grpc.value[0]),
+        ok_response=OkHttpResponse(
+            headers=_options(headers), headers_to_remove=_headers_to_remove(headers, client_sent)
+        ),
+        dynamic_metadata=metadata,
+    )
+
+
+#: Where :func:`allowed_response` puts ``x-authz-decision-id`` (second, after ``x-authz-rule``).
+_DECISION_ID_OPTION = 1
+
+
+@lru_cache(maxsize=4096)
+def _allowed_template(
+    rule: str, shadow: str | None, account: Account | None, client_sent: tuple[str, ...]
+) -> CheckResponse:
+    """:func:`allowed_response` without its decision id, kept: a warm allow repeats the same few responses, and
+    building one from Python is most of what rendering costs. Keyed by every argument, so it is exact; bounded
+    (rules x accounts x spellings), and never handed out, only copied."""
+    template = allowed_response("", rule, shadow, account, client_sent)
+    assert template.ok_response.headers[_DECISION_ID_OPTION].header.key == "x-authz-decision-id"
+    return template
 
 
 def _deny_metadata(decision: Decision) -> Struct:
