@@ -140,7 +140,11 @@ def parse_check_request(request: CheckRequest) -> CheckInput:
             # Envoy joins repeated headers with ',' in `headers`; do the same for raw header_map.
             headers[name] = f"{headers[name]},{value}" if name in headers else value
     else:
-        headers = {k.lower(): v for k, v in http.headers.items()}
+        # Envoy sends lower-cased names (as attribute_context.proto requires); any other caller's are lowered here.
+        # dict() copies the protobuf map in C, where .items() would iterate it in Python.
+        headers = dict(http.headers)
+        if not all(map(str.islower, headers)):
+            headers = {k.lower(): v for k, v in headers.items()}
     raw_path = http.path or headers.get(":path", "")
     if not raw_path:
         raise BadRequest("malformed_request", "no path in CheckRequest")

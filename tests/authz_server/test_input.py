@@ -32,6 +32,12 @@ class TestParseCheckRequest:
         inp = make_input("GET", "/", {"Authorization": "Bearer x", "X-Gerrit-Foo": "1"})
         assert inp.headers == {"authorization": "Bearer x", "x-gerrit-foo": "1"}
 
+    def test_names_another_caller_sent_unlowered_are_lower_cased(self) -> None:
+        """Envoy lower-cases names; a CheckRequest from anything else is read the same way."""
+        request = make_check_request("GET", "/")
+        request.attributes.request.http.headers.update({"Authorization": "Bearer x", "X_Gerrit_Foo": "1", "123": "n"})
+        assert parse_check_request(request).headers == {"authorization": "Bearer x", "x_gerrit_foo": "1", "123": "n"}
+
     def test_header_map_value_and_raw_value_with_repeats_joined(self) -> None:
         inp = make_input(
             "GET",
