@@ -65,6 +65,7 @@ def explain_response(decision: Decision, check_response_bytes: bytes, retry_afte
         headers=allowed_headers(decision) if allowed else denied_headers(decision, retry_after=retry_after),
         body="" if allowed else denied_body(decision),
         check_response=check_response_bytes,
+        memo=decision.memo,
     )
 
 

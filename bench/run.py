@@ -433,7 +433,7 @@ def main() -> None:
     results["machine"]["loadavg_at_end"] = os.getloadavg()
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results, markdown=args.markdown))
-    print(f"\nwrote {args.out.relative_to(REPO)} in {results['elapsed_s']} s")
+    print(f"\nwrote {args.out} in {results['elapsed_s']} s")
 
 
 def _fmt(run: dict[str, Any]) -> str:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 from _support.factories import FakeFacts, basic_auth, make_check_request, make_input, make_rules
+from gerrit_authz.v1 import admin_pb2
 
+from authz_server._admin import AdminServicer
 from authz_server._audit import AuditLog
 from authz_server._cache import CachedGerrit
 from authz_server._deadline import Deadline
@@ -81,6 +83,20 @@ async def test_a_hit_is_the_same_decision_under_a_fresh_id_with_one_audit_line_a
     assert facts.count() == 2  # credentials and groups, once
     hits = metrics.registry.get_sample_value("gerrit_authz_decision_memo_hits_total", {"rule": "devs"})
     assert hits == 2
+
+
+async def test_explain_says_when_it_was_answered_from_the_memo() -> None:
+    authorizer, _ = build(alice_facts(), Clock())
+    admin = AdminServicer(authorizer, None, check_timeout=5, retry_after=5, audit=AuditLog(lambda line: None))
+
+    class Ctx:
+        def time_remaining(self) -> float:
+            return 5.0
+
+    request = admin_pb2.ExplainRequest(method="GET", path="/g", headers=AUTH)
+    answers = [await admin.Explain(request, Ctx()) for _ in range(2)]  # type: ignore[arg-type]
+    assert [(a.allowed, a.rule, a.memo) for a in answers] == [(True, "devs", False), (True, "devs", True)]
+    assert answers[0].decision_id != answers[1].decision_id
 
 
 async def test_an_undecided_answer_is_never_remembered() -> None:

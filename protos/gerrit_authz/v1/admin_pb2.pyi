@@ -71,7 +71,7 @@ class RequirementTrace(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., target: _Optional[str] = ..., result: _Optional[str] = ..., source: _Optional[str] = ..., detail: _Optional[str] = ..., depth: _Optional[int] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("decision_id", "allowed", "code", "reason", "rule", "identity", "requirements", "http_status", "headers", "body", "check_response")
+    __slots__ = ("decision_id", "allowed", "code", "reason", "rule", "identity", "requirements", "http_status", "headers", "body", "check_response", "memo")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,7 @@ class ExplainResponse(_message.Message):
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     CHECK_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    MEMO_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     allowed: bool
     code: str
@@ -101,7 +102,8 @@ class ExplainResponse(_message.Message):
     headers: _containers.ScalarMap[str, str]
     body: str
     check_response: bytes
-    def __init__(self, decision_id: _Optional[str] = ..., allowed: _Optional[bool] = ..., code: _Optional[str] = ..., reason: _Optional[str] = ..., rule: _Optional[str] = ..., identity: _Optional[_Union[Identity, _Mapping]] = ..., requirements: _Optional[_Iterable[_Union[RequirementTrace, _Mapping]]] = ..., http_status: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., body: _Optional[str] = ..., check_response: _Optional[bytes] = ...) -> None: ...
+    memo: bool
+    def __init__(self, decision_id: _Optional[str] = ..., allowed: _Optional[bool] = ..., code: _Optional[str] = ..., reason: _Optional[str] = ..., rule: _Optional[str] = ..., identity: _Optional[_Union[Identity, _Mapping]] = ..., requirements: _Optional[_Iterable[_Union[RequirementTrace, _Mapping]]] = ..., http_status: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., body: _Optional[str] = ..., check_response: _Optional[bytes] = ..., memo: _Optional[bool] = ...) -> None: ...
 
 class InvalidateRequest(_message.Message):
     __slots__ = ("account", "project", "group", "change", "all")
