@@ -203,8 +203,8 @@ async def _run(config: Config, workers: list[asyncio.subprocess.Process], metric
     await asyncio.wait([stopping, *exits], return_when=asyncio.FIRST_COMPLETED)
     status = 0
     if not stop.is_set():
-        died = next(p for p in workers if p.returncode is not None)
-        log.error("worker %d exited with status %s; stopping every worker", died.pid, died.returncode)
+        index, died = next((i, p) for i, p in enumerate(workers) if p.returncode is not None)
+        log.error("worker %d (pid %d) exited with status %s; stopping every worker", index, died.pid, died.returncode)
         status = 1
     for proc in workers:
         if proc.returncode is None:

@@ -96,6 +96,13 @@ def basic(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
 
+def double_user(i: int) -> dict[str, str]:
+    """The ``authorization`` header of the Gerrit double's user ``i`` (bench/gerrit_double.py)."""
+    from bench.gerrit_double import user_name, user_password
+
+    return {"authorization": basic(user_name(i), user_password(i))}
+
+
 def check_request(
     method: str,
     path: str,

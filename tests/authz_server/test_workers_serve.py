@@ -217,7 +217,8 @@ rules: [{{name: devs, match: {{path_prefix: /}}, require: {{group: devs}}}}]
                 pids = [int(p) for p in found.group(1).split(", ")]
         os.kill(pids[1], signal.SIGKILL)
         assert await asyncio.wait_for(proc.wait(), 30) == 1
-        assert "exited with status -9; stopping every worker" in (await proc.stderr.read()).decode()
+        stderr = (await proc.stderr.read()).decode()
+        assert f"worker 1 (pid {pids[1]}) exited with status -9; stopping every worker" in stderr
         assert not os.path.exists(f"/proc/{pids[0]}")  # noqa: ASYNC240 - the survivor was stopped too
     finally:
         await _reap(proc, pids)

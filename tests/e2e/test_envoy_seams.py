@@ -18,13 +18,12 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import httpx
 import pytest
 from _support.asgi import uvicorn_on_loop
-from _support.authz import authz_on_double, example_config_data
+from _support.authz import authz_on_double, double_user, example_config_data
 from _support.envoy import EnvoyProcess, example_bootstrap, hcm_of, listener_named, point_cluster
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from test_examples_pair import basic
 
 from bench.gerrit_double import account_id
 
@@ -90,7 +89,7 @@ async def test_underscore_identity_headers_never_reach_the_wsgi_environ(tmp_path
             httpx.AsyncClient(base_url=base, timeout=15) as client,
         ):
             anonymous = await client.get("/healthz", headers=SPOOF)  # `anyone`: no identity at all
-            alice = await client.get("/dashboard/me", headers={**SPOOF, **basic(0)})
+            alice = await client.get("/dashboard/me", headers={**SPOOF, **double_user(0)})
     if underscores == "REJECT_REQUEST":
         assert anonymous.status_code == alice.status_code == 400  # Envoy's front door
         assert environs == []
@@ -134,7 +133,7 @@ async def test_an_encoded_slash_never_dodges_the_deploy_route(tmp_path: Path, es
     bootstrap = example_bootstrap()
     assert ingress(bootstrap)["path_with_escaped_slashes_action"] == "UNESCAPE_AND_REDIRECT"
     ingress(bootstrap)["path_with_escaped_slashes_action"] = escaped_slashes
-    user = basic(1)  # signed in, not a release manager
+    user = double_user(1)  # signed in, not a release manager
     responses = {}
     async with (
         authz_on_double(tmp_path, deploy_rules()) as authz,
@@ -167,6 +166,6 @@ async def test_a_release_manager_still_deploys_through_the_route(tmp_path: Path)
         envoy_for(example_bootstrap(), authz, upstream, tmp_path / "envoy") as base,
         httpx.AsyncClient(base_url=base, timeout=15) as client,
     ):
-        response = await client.post("/deploy/12", headers=basic(0))
+        response = await client.post("/deploy/12", headers=double_user(0))
     assert response.status_code == 200, response.text
     assert runs == ["deploy"]

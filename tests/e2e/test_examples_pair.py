@@ -13,7 +13,6 @@ dot-segments, a ``.json`` suffix) x methods x callers. The Gerrit facts come fro
 from __future__ import annotations
 
 import asyncio
-import base64
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +21,12 @@ from typing import Any
 import httpx
 import pytest
 from _support.asgi import uvicorn_on_loop
-from _support.authz import authz_on_double
+from _support.authz import authz_on_double, double_user
 from _support.envoy import EnvoyProcess, example_bootstrap, point_cluster
 from _support.example_routes import RULE_FOR, UNCHECKED
 from fastapi import FastAPI
 from starlette.routing import Route
 
-from bench.gerrit_double import user_name, user_password
 from examples.fastapi_app.app import create_app
 
 pytestmark = [pytest.mark.envoy]
@@ -36,12 +34,7 @@ pytestmark = [pytest.mark.envoy]
 METHODS = ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH"]
 
 
-def basic(i: int) -> dict[str, str]:
-    token = base64.b64encode(f"{user_name(i)}:{user_password(i)}".encode()).decode()
-    return {"authorization": f"Basic {token}"}
-
-
-CALLERS: dict[str, dict[str, str]] = {"anonymous": {}, "user00001": basic(1), "alice": basic(0)}
+CALLERS: dict[str, dict[str, str]] = {"anonymous": {}, "user00001": double_user(1), "alice": double_user(0)}
 
 
 def artifact_paths() -> list[str]:
