@@ -37,7 +37,7 @@ def audit_line(
     principal = identity.principal
     account = identity.account
     error = decision.error
-    head, tail = _decision_fields(
+    fields = (
         decision.allowed,
         status_for(error).http,
         error.code if error else "",
@@ -50,6 +50,9 @@ def audit_line(
         decision.shadow,
         decision.memo,
     )
+    # A reason can quote the request's path and a subject is the token's: long ones are encoded, not kept.
+    short = len(fields[3]) + len(fields[6]) <= _KEPT_TEXT
+    head, tail = _decision_fields(*fields) if short else _decision_fields.__wrapped__(*fields)
     if inp is None:
         request = _NO_REQUEST
     else:
@@ -65,6 +68,7 @@ def audit_line(
     )
 
 
+_KEPT_TEXT = 256
 _NO_REQUEST = ',"method":"","host":"","path":"","source_address":"","request_id":""'
 
 

@@ -156,8 +156,10 @@ def to_check_response(
     ``error_response`` with status OK is an allow to Envoy.
     """
     if decision.allowed:
-        account = decision.identity.account
-        template = _allowed_template(decision.rule, _shadow_code(decision), account, _client_identity_headers(inp))
+        account, shadow, client_sent = decision.identity.account, _shadow_code(decision), _client_identity_headers(inp)
+        if client_sent:  # names the client chose: never kept (they could fill the table with large entries)
+            return allowed_response(decision.decision_id, decision.rule, shadow, account, client_sent)
+        template = _allowed_template(decision.rule, shadow, account)
         response = CheckResponse()
         response.CopyFrom(template)  # one C copy of the cached message; the id is the only per-Check part
         response.ok_response.headers[_DECISION_ID_OPTION].header.value = decision.decision_id
@@ -228,13 +230,11 @@ _DECISION_ID_OPTION = 1
 
 
 @lru_cache(maxsize=4096)
-def _allowed_template(
-    rule: str, shadow: str | None, account: Account | None, client_sent: tuple[str, ...]
-) -> CheckResponse:
-    """:func:`allowed_response` without its decision id, kept: a warm allow repeats the same few responses, and
-    building one from Python is most of what rendering costs. Keyed by every argument, so it is exact; bounded
-    (rules x accounts x spellings), and never handed out, only copied."""
-    template = allowed_response("", rule, shadow, account, client_sent)
+def _allowed_template(rule: str, shadow: str | None, account: Account | None) -> CheckResponse:
+    """:func:`allowed_response` without its decision id and with no client-sent identity header, kept: a warm
+    allow repeats the same few responses, and building one from Python is most of what rendering costs. Keyed by
+    every argument, so it is exact; bounded (rules x accounts), never handed out, only copied."""
+    template = allowed_response("", rule, shadow, account, ())
     assert template.ok_response.headers[_DECISION_ID_OPTION].header.key == "x-authz-decision-id"
     return template
 

@@ -70,7 +70,9 @@ def ensure_ghz() -> Path:
 class Server:
     """One server process: started, waited for (its JSON ready line), stopped with SIGTERM."""
 
-    def __init__(self, name: str, args: list[str], *, ready_timeout: float = 300.0) -> None:
+    def __init__(
+        self, name: str, args: list[str], *, ready_timeout: float = 300.0, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.log = (WORK / f"{name}.log").open("wb")
         self.proc = subprocess.Popen(
@@ -79,6 +81,7 @@ class Server:
             stderr=self.log,
             cwd=REPO,
             text=True,
+            env=None if env is None else {**os.environ, **env},
         )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + ready_timeout

@@ -9,12 +9,12 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from authz_server._audit import audit_line
+from authz_server._audit import _decision_fields, audit_line
 from authz_server._engine import Decision
 from authz_server._facts import Account
 from authz_server._identity import Identity, Principal
 from authz_server._input import CheckInput
-from authz_server._response import _SPELLED, allowed_response, to_check_response
+from authz_server._response import _SPELLED, _allowed_template, allowed_response, to_check_response
 from authz_server.checkrequest import IDENTITY_HEADERS, is_identity_header
 from authz_server.errors import BadRequest, PermissionDenied, Unauthenticated, Unavailable, status_for
 
@@ -156,3 +156,23 @@ def test_the_identity_header_prefilter_keeps_every_identity_header(name: str) ->
     lowered = name.lower()
     if is_identity_header(lowered):
         assert lowered.startswith(_SPELLED)
+
+
+def test_what_a_client_chose_is_never_kept() -> None:
+    """Identity-header names a client sent, and long reasons (which can quote its path), are rendered from scratch:
+    the kept tables hold only what the configuration and Gerrit bound."""
+    _allowed_template.cache_clear()
+    _decision_fields.cache_clear()
+    account = Account(7, "alice", "a@example.com")
+    allow = Decision("id-1", None, "read", Identity(Principal("jwt", "alice", account=account), account, "cache"))
+    spoofing = CheckInput("GET", "/a", "", "h", "https", {"x_gerrit_" + "a" * 4000: "v"})
+    response = to_check_response(allow, spoofing)
+    assert "x_gerrit_" + "a" * 4000 in response.ok_response.headers_to_remove
+    assert _allowed_template.cache_info().currsize == 0
+    to_check_response(allow, CheckInput("GET", "/a", "", "h", "https", {}))
+    assert _allowed_template.cache_info().currsize == 1
+
+    deny = Decision("id-2", PermissionDenied("no_matching_rule", "no rule matches GET /" + "p" * 8000), "")
+    line = json.loads(audit_line(deny, None, elapsed_ms=1, via="check"))
+    assert line["reason"].endswith("p" * 8000)
+    assert _decision_fields.cache_info().currsize == 0
