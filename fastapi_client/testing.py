@@ -45,7 +45,7 @@ import inspect
 import json
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -68,6 +68,7 @@ __all__ = ["FakeAuthorizer", "Handler", "allow_response", "deny_response"]
 Handler = Callable[[CheckRequest], "CheckResponse | Awaitable[CheckResponse]"]
 
 _OVERWRITE = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
+_APPEND = HeaderValueOption.HeaderAppendAction.APPEND_IF_EXISTS_OR_ADD
 # gerrit-authz's own status table, read backwards: HTTP status -> gRPC code and error family.
 _DENIALS = {s.http: (s.grpc, family) for family, s in STATUS.items() if family not in ("ok", AuthzError.family)}
 
@@ -106,16 +107,21 @@ def allow_response(
 
 
 def deny_response(
-    status: int = 403, body: str | bytes | Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None
+    status: int = 403,
+    body: str | bytes | Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+    *,
+    challenges: Sequence[str] = ("Bearer",),
 ) -> CheckResponse:
-    """A denial: ``body`` as given (a mapping becomes JSON), or gerrit-authz's JSON error shape by default."""
+    """A denial: ``body`` as given (a mapping becomes JSON), or gerrit-authz's JSON error shape by default.
+
+    A 401 offers one ``www-authenticate`` line per scheme in ``challenges``, as gerrit-authz does for each configured
+    credential kind (``("Basic", "Bearer")`` for a service taking Gerrit HTTP credentials and tokens)."""
     code, family = _DENIALS.get(status, (grpc.StatusCode.PERMISSION_DENIED, "denied"))
     all_headers = {"content-type": "application/json"}
     if body is None:
         body = {"error": family, "reason": "denied by FakeAuthorizer", "rule": "", "decision_id": uuid.uuid4().hex}
-    if status == 401:
-        all_headers["www-authenticate"] = 'Bearer realm="gerrit-authz"'
-    elif status == 503:
+    if status == 503:
         all_headers["retry-after"] = "5"
     if isinstance(body, Mapping):
         text = json.dumps(body, separators=(",", ":"))
@@ -124,9 +130,18 @@ def deny_response(
         if headers is None or "content-type" not in {k.lower() for k in headers}:
             all_headers["content-type"] = "text/plain; charset=utf-8"
     all_headers.update({k.lower(): v for k, v in (headers or {}).items()})
+    options = _options(all_headers)
+    if status == 401 and "www-authenticate" not in all_headers:  # each its own line: the first replaces, the rest add
+        options += [
+            HeaderValueOption(
+                header=HeaderValue(key="www-authenticate", value=f'{scheme} realm="gerrit-authz"'),
+                append_action=_APPEND if i else _OVERWRITE,
+            )
+            for i, scheme in enumerate(challenges)
+        ]
     return CheckResponse(
         status=RpcStatus(code=code.value[0], message=code.name.lower()),
-        denied_response=DeniedHttpResponse(status=HttpStatus(code=status), headers=_options(all_headers), body=text),
+        denied_response=DeniedHttpResponse(status=HttpStatus(code=status), headers=options, body=text),
     )
 
 
@@ -213,9 +228,11 @@ class FakeAuthorizer:
         status: int = 403,
         body: str | bytes | Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
+        *,
+        challenges: Sequence[str] = ("Bearer",),
     ) -> None:
         """Deny every following Check with this HTTP status, body and headers (see :func:`deny_response`)."""
-        self.respond(lambda req: deny_response(status, body, headers))
+        self.respond(lambda req: deny_response(status, body, headers, challenges=challenges))
 
     def respond(self, handler: Handler) -> None:
         """Answer every following Check with ``handler(request)`` (a CheckResponse, or an awaitable of one)."""

@@ -239,6 +239,14 @@ async def test_401_passes_through_with_challenge_and_body(fake: FakeAuthorizer) 
     assert calls == []  # the app never ran
 
 
+async def test_a_401_offering_several_schemes_sends_each_as_its_own_line(fake: FakeAuthorizer) -> None:
+    fake.deny(401, challenges=("Basic", "Bearer"))  # as gerrit-authz answers with Gerrit credentials and tokens
+    async with asgi_client(make_app(fake.target)) as client:
+        resp = await client.get("/dashboard")
+    assert resp.status_code == 401
+    assert resp.headers.get_list("www-authenticate") == ['Basic realm="gerrit-authz"', 'Bearer realm="gerrit-authz"']
+
+
 async def test_403_passes_through_with_service_headers(fake: FakeAuthorizer) -> None:
     fake.deny(403, "no read on platform/secret", headers={"x-authz-decision-id": "d2", "content-type": "text/plain"})
     calls: list[str] = []
