@@ -159,10 +159,10 @@ def to_check_response(
         account, shadow, client_sent = decision.identity.account, _shadow_code(decision), _client_identity_headers(inp)
         if client_sent:  # names the client chose: never kept (they could fill the table with large entries)
             return allowed_response(decision.decision_id, decision.rule, shadow, account, client_sent)
-        template = _allowed_template(decision.rule, shadow, account)
+        template, id_option = _allowed_template(decision.rule, shadow, account)
         response = CheckResponse()
         response.CopyFrom(template)  # one C copy of the cached message; the id is the only per-Check part
-        response.ok_response.headers[_DECISION_ID_OPTION].header.value = decision.decision_id
+        response.ok_response.headers[id_option].header.value = decision.decision_id
         response.dynamic_metadata.fields["decision_id"].string_value = decision.decision_id
         return response
     assert decision.error is not None
@@ -225,18 +225,15 @@ def allowed_response(
     )
 
 
-#: Where :func:`allowed_response` puts ``x-authz-decision-id`` (second, after ``x-authz-rule``).
-_DECISION_ID_OPTION = 1
-
-
 @lru_cache(maxsize=4096)
-def _allowed_template(rule: str, shadow: str | None, account: Account | None) -> CheckResponse:
-    """:func:`allowed_response` without its decision id and with no client-sent identity header, kept: a warm
-    allow repeats the same few responses, and building one from Python is most of what rendering costs. Keyed by
-    every argument, so it is exact; bounded (rules x accounts), never handed out, only copied."""
+def _allowed_template(rule: str, shadow: str | None, account: Account | None) -> tuple[CheckResponse, int]:
+    """:func:`allowed_response` without its decision id and with no client-sent identity header, and where its
+    ``x-authz-decision-id`` option is; kept: a warm allow repeats the same few responses, and building one from
+    Python is most of what rendering costs. Keyed by every argument, so it is exact; bounded (rules x accounts),
+    never handed out, only copied."""
     template = allowed_response("", rule, shadow, account, ())
-    assert template.ok_response.headers[_DECISION_ID_OPTION].header.key == "x-authz-decision-id"
-    return template
+    keys = [option.header.key for option in template.ok_response.headers]
+    return template, keys.index("x-authz-decision-id")
 
 
 def _deny_metadata(decision: Decision) -> Struct:
