@@ -28,7 +28,7 @@ from ._redis_conn import RedisConnection
 from ._response import challenge_schemes
 from ._secrets import EnvSecret, Secret, SecretFile, read_secret_file
 from ._store import Store, make_store
-from ._trust import ClientCertificateFiles, upstream_tls
+from ._trust import TrustFiles, upstream_tls
 from .config import Config
 
 if TYPE_CHECKING:
@@ -112,6 +112,7 @@ def build_components(
     secret = service_secret(config, stats)
     key = key or credential_key(config)
     g = config.gerrit
+    # Checked even when a reload keeps the client: files that no longer load are a configuration error.
     verify = upstream_tls(
         "gerrit",
         verify=g.verify_tls,
@@ -120,15 +121,16 @@ def build_components(
         key_file=g.client_key_file,
     )
     if http is None:
-        watch = None
-        if isinstance(verify, ssl.SSLContext) and g.client_cert_file is not None and g.client_key_file is not None:
-            watch = ClientCertificateFiles(verify, g.client_cert_file, g.client_key_file, "gerrit")
-        http = make_http_client(
-            max_connections=g.max_connections,
-            verify=verify,
-            transport=transport,
-            before_request=watch.before_request if watch is not None else None,
-        )
+        trust = None
+        if isinstance(verify, ssl.SSLContext):  # followed as its files change (a CA removed stops being trusted)
+            trust = TrustFiles(
+                "gerrit",
+                verify=g.verify_tls,
+                ca_file=g.ca_file,
+                cert_file=g.client_cert_file,
+                key_file=g.client_key_file,
+            )
+        http = make_http_client(max_connections=g.max_connections, verify=verify, transport=transport, trust=trust)
     if tracing is not None:
         tracing.instrument(http)
     client = GerritClient(
@@ -151,8 +153,10 @@ def build_components(
         if entry.jwt is not None:
             idp = http
             if entry.jwt.ca_file is not None or not gerrit_default:
-                idp_verify = upstream_tls(f"identity[{i}].jwt", ca_file=entry.jwt.ca_file)
-                idp = make_http_client(max_connections=10, verify=idp_verify, transport=transport)
+                where = f"identity[{i}].jwt"
+                idp_verify = upstream_tls(where, ca_file=entry.jwt.ca_file)
+                idp_trust = TrustFiles(where, ca_file=entry.jwt.ca_file) if entry.jwt.ca_file is not None else None
+                idp = make_http_client(max_connections=10, verify=idp_verify, transport=transport, trust=idp_trust)
                 idp_http.append(idp)
             sources.append(JwtSource(entry.jwt, JwtVerifier(entry.jwt, idp)))
         elif entry.gerrit_http_credentials is not None:

@@ -31,6 +31,7 @@ from ._deadline import Deadline
 from ._facts import AccessResult, Account, ChangeInfo, Fact, Group, LabelVotes
 from ._opstats import RotationStats
 from ._secrets import Secret, StaticSecret
+from ._trust import RotatingTransport, TrustFiles
 from .errors import Unavailable
 
 __all__ = ["GerritClient", "make_http_client"]
@@ -55,13 +56,17 @@ def make_http_client(
     max_connections: int = 100,
     verify: bool | ssl.SSLContext = True,
     transport: httpx.AsyncBaseTransport | None = None,
-    before_request: Callable[[httpx.Request], Awaitable[None]] | None = None,
+    trust: TrustFiles | None = None,
 ) -> httpx.AsyncClient:
     """The shared client. Cookies are refused: a session cookie set for one caller must never ride along.
-    ``before_request`` runs before each request (a rotated client certificate is loaded there)."""
+    With ``trust`` (and no test ``transport``) connections are made with its context, rebuilt when its files
+    change."""
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    if trust is not None and transport is None:
+        transport = RotatingTransport(trust, limits)
+        verify = trust.context
     return httpx.AsyncClient(
-        event_hooks={"request": [before_request]} if before_request is not None else None,
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        limits=limits,
         cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         verify=verify,
         transport=transport,

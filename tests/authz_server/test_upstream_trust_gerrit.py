@@ -175,3 +175,30 @@ async def test_rotated_client_certificate_towards_gerrit_needs_no_restart(
         live_key.write_bytes(rotated.key.read_bytes())
         await asyncio.sleep(1.1)  # the files are looked at at most once a second
         assert outcome(await decide(app.address, creds)) == (0, "alice")
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_rotated_ca_bundle_is_followed_both_ways_without_a_restart(
+    gerrit: Any, gerrit_https: TlsForwarder, secret: Path, idp: OidcProviderMock, pki: TestCA, tmp_path: Path
+) -> None:
+    """``gerrit.ca_file`` re-read when it changes: a CA added is trusted by the next lookup, and a CA removed is
+    no longer trusted by the next one either, although a connection made under it is still open."""
+    org = gerrit.org
+    live_ca = tmp_path / "bundle.pem"
+    stranger = TestCA(tmp_path, "stranger CA")
+    live_ca.write_bytes(stranger.cert.read_bytes())
+    config = trust_config(gerrit_https.url, secret, idp, gerrit={"ca_file": str(live_ca)}, jwt={})
+    async with running_server(config) as app:
+        alice = {"authorization": basic(org.alice.username, org.alice.http_password)}
+        assert outcome(await decide(app.address, alice)) == (503, "gerrit_unavailable")
+        live_ca.write_bytes(stranger.cert.read_bytes() + pki.cert.read_bytes())  # the corp CA added
+        await asyncio.sleep(1.1)  # the files are looked at at most once a second
+        assert outcome(await decide(app.address, alice)) == (0, "alice")
+        live_ca.write_bytes(b"-----BEGIN CERTIFICATE-----\nhalf a bundle")  # unloadable: the last trust stays
+        await asyncio.sleep(1.1)
+        bob = {"authorization": basic(org.bob.username, org.bob.http_password)}  # not cached: Gerrit is asked
+        assert outcome(await decide(app.address, bob)) == (0, "bob")
+        live_ca.write_bytes(stranger.cert.read_bytes())  # the corp CA removed; connections made under it are open
+        await asyncio.sleep(1.1)
+        carol = {"authorization": basic(org.carol.username, org.carol.http_password)}
+        assert outcome(await decide(app.address, carol)) == (503, "gerrit_unavailable")
