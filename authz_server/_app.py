@@ -28,7 +28,7 @@ from ._redis_conn import RedisConnection
 from ._response import challenge_schemes
 from ._secrets import EnvSecret, Secret, SecretFile, read_secret_file
 from ._store import Store, make_store
-from ._trust import TrustFiles, upstream_tls
+from ._trust import TrustFiles
 from .config import Config
 
 if TYPE_CHECKING:
@@ -112,24 +112,15 @@ def build_components(
     secret = service_secret(config, stats)
     key = key or credential_key(config)
     g = config.gerrit
-    # Checked even when a reload keeps the client: files that no longer load are a configuration error.
-    verify = upstream_tls(
-        "gerrit",
-        verify=g.verify_tls,
-        ca_file=g.ca_file,
-        cert_file=g.client_cert_file,
-        key_file=g.client_key_file,
-    )
+    # Built (so checked) even when a reload keeps the client: files that no longer load are a configuration error.
+    # Followed as they change: a CA removed from the bundle stops being trusted.
+    trust = None
+    if g.ca_file is not None or g.client_cert_file is not None:
+        trust = TrustFiles(
+            "gerrit", verify=g.verify_tls, ca_file=g.ca_file, cert_file=g.client_cert_file, key_file=g.client_key_file
+        )
+    verify: bool | ssl.SSLContext = trust.context if trust is not None else g.verify_tls
     if http is None:
-        trust = None
-        if isinstance(verify, ssl.SSLContext):  # followed as its files change (a CA removed stops being trusted)
-            trust = TrustFiles(
-                "gerrit",
-                verify=g.verify_tls,
-                ca_file=g.ca_file,
-                cert_file=g.client_cert_file,
-                key_file=g.client_key_file,
-            )
         http = make_http_client(max_connections=g.max_connections, verify=verify, transport=transport, trust=trust)
     if tracing is not None:
         tracing.instrument(http)
@@ -153,9 +144,9 @@ def build_components(
         if entry.jwt is not None:
             idp = http
             if entry.jwt.ca_file is not None or not gerrit_default:
-                where = f"identity[{i}].jwt"
-                idp_verify = upstream_tls(where, ca_file=entry.jwt.ca_file)
-                idp_trust = TrustFiles(where, ca_file=entry.jwt.ca_file) if entry.jwt.ca_file is not None else None
+                ca_file = entry.jwt.ca_file
+                idp_trust = TrustFiles(f"identity[{i}].jwt", ca_file=ca_file) if ca_file is not None else None
+                idp_verify = idp_trust.context if idp_trust is not None else True
                 idp = make_http_client(max_connections=10, verify=idp_verify, transport=transport, trust=idp_trust)
                 idp_http.append(idp)
             sources.append(JwtSource(entry.jwt, JwtVerifier(entry.jwt, idp)))
