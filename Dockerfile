@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 #
-# gerrit-authz container image.
+# gerrit-authz container image (with the redis and otel extras).
 #
 #   docker build -t gerrit-authz:0.2.0 .
 #   docker run --rm -p 9001:9001 \
@@ -14,8 +14,9 @@
 # (`gerrit.password_env`, e.g. GERRIT_AUTHZ_PASSWORD) or from a mounted file (`gerrit.password_file`).
 
 # ---------------------------------------------------------------------------
-# builder: build the wheel and install it, with its runtime dependencies only
-# (`.[redis]`: the shared cache backend), into a self-contained virtualenv.
+# builder: build the wheel and install it with its runtime extras (`redis`: the
+# shared cache backend; `otel`: traces) into a self-contained virtualenv, every
+# dependency from the hashed lock requirements/image.txt (the versions CI tests).
 # ---------------------------------------------------------------------------
 FROM python:3.11-slim AS builder
 
@@ -31,14 +32,15 @@ COPY pyproject.toml README.md ./
 COPY authz_server/ authz_server/
 COPY fastapi_client/ fastapi_client/
 COPY protos/ protos/
+COPY requirements/image.txt requirements/
+COPY scripts/image_venv.sh scripts/
 
 # The virtualenv gets no pip/setuptools of its own: the builder's pip installs into it
 # (`pip --python`), so the runtime image carries no packaging or build tooling.
-RUN python -m venv --without-pip /opt/gerrit-authz \
-    && python -m pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheels . \
-    && python -m pip --python /opt/gerrit-authz/bin/python install --no-cache-dir \
-        "$(find /tmp/wheels -name 'gerrit_authz-*.whl')[redis]" \
-    && /opt/gerrit-authz/bin/python -c "import authz_server, gerrit_authz.v1, redis"
+# scripts/image_venv.sh installs `[redis,otel]` from the lock and checks both work
+# (tests/deploy/test_packaging.py runs the same script).
+RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheels . \
+    && sh scripts/image_venv.sh /opt/gerrit-authz "$(find /tmp/wheels -name 'gerrit_authz-*.whl')"
 
 # ---------------------------------------------------------------------------
 # runtime: the slim base image plus the virtualenv; no compilers, no pip.

@@ -242,7 +242,7 @@ def test_dockerfile_is_multi_stage_on_python_311_slim() -> None:
     ]
     builder, runtime = stages
     builder_runs = " ".join(args for kw, args in builder if kw == "RUN")
-    assert re.search(r"""["']?\S*\[redis\]["']?""", builder_runs), "the builder installs `.[redis]`"
+    assert "scripts/image_venv.sh /opt/gerrit-authz" in builder_runs, "the builder installs through image_venv.sh"
     assert "[dev" not in builder_runs and "fastapi" not in builder_runs, "only runtime extras in the image"
     copied = {args.split()[0] for kw, args in builder if kw == "COPY" and not args.startswith("--from")}
     assert {"protos/", "authz_server/", "pyproject.toml"} <= copied, f"builder COPYs {copied}"
@@ -349,7 +349,21 @@ def test_wheel_builds_from_the_docker_build_context(tmp_path: Path) -> None:
     ):
         assert module in names, f"the image's wheel lacks {module}"
     assert re.search(r"^gerrit-authz\s*=\s*authz_server\.cli:main$", entry_points, re.M), entry_points
-    assert "Provides-Extra: redis" in metadata
+    assert "Provides-Extra: redis" in metadata and "Provides-Extra: otel" in metadata
+
+    # Then what the builder does with it, from the same context: the image's venv, from requirements/image.txt.
+    venv = tmp_path / "image-venv"
+    env = {**os.environ, "PYTHON": sys.executable, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    proc = _run(["sh", str(src / "scripts/image_venv.sh"), str(venv), str(wheel)], env=env)
+    assert proc.returncode == 0, f"scripts/image_venv.sh failed:\n{proc.stdout}\n{proc.stderr}"
+    assert not (venv / "bin" / "pip").exists(), "the image's venv carries no pip"
+    version = _run([str(venv / "bin" / "gerrit-authz"), "--version"], env=os.environ.copy())
+    assert version.returncode == 0 and version.stdout.startswith("gerrit-authz "), version
+    check = _run(
+        [str(venv / "bin" / "gerrit-authz"), "check-config", str(ROOT / "examples" / "config.yaml")],
+        env=os.environ.copy(),
+    )
+    assert check.returncode == 0, check.stderr
 
 
 # --------------------------------------------------------------------------- Kubernetes manifests
