@@ -230,10 +230,14 @@ class CachedGerrit:
         deadline: Deadline,
     ) -> Fact[T]:
         flight = (key, snapshot)
-        future = self._inflight.get(flight)
+        # An unreadable store gives every lookup the same unknown snapshot, so joining a lookup then could mean
+        # joining a request sent before an invalidation this Check follows: only known snapshots are shared.
+        shared = snapshot.epoch != ""
+        future = self._inflight.get(flight) if shared else None
         if future is None:
             future = asyncio.get_running_loop().create_future()
-            self._inflight[flight] = future
+            if shared:
+                self._inflight[flight] = future
             try:
                 fact, stored_under, buckets = await self._fetch(kind, requested, snapshot, fetch)
                 is_negative = negative(fact.value)
@@ -248,7 +252,8 @@ class CachedGerrit:
                     future.cancel()
                 raise
             finally:
-                del self._inflight[flight]
+                if shared:
+                    del self._inflight[flight]
             future.set_result(fact)
             if ttl > 0 and stored_under is not None:
                 keep = ttl if is_negative else ttl + self._stale

@@ -345,8 +345,10 @@ class EventFollower:
     async def _apply_again(self, item: Invalidation) -> None:
         try:
             await self._apply(item, observe=False)
-        except Exception:  # the store cannot even be cleared: the session's own applying ends it, and reconnects
-            log.exception("gerrit events: applying %s %s again failed", item.kind, item.key)
+        except Exception:  # the store cannot even be cleared: end the session; the reconnect clears the cache
+            log.exception("gerrit events: applying %s %s again failed; reconnecting", item.kind, item.key)
+            if self._conn is not None:
+                self._conn.abort()
 
     async def _apply(self, item: Invalidation, *, observe: bool = True) -> None:
         try:

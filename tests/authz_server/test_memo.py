@@ -4,9 +4,11 @@ followed), the match cache's key, and the generation table shared by workers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _support.factories import FakeFacts, basic_auth, make_check_request, make_input, make_rules
@@ -17,13 +19,13 @@ from authz_server._audit import AuditLog
 from authz_server._cache import CachedGerrit
 from authz_server._deadline import Deadline
 from authz_server._engine import Authorizer
-from authz_server._facts import Account, Group
+from authz_server._facts import Account, Fact, Group
 from authz_server._generations import SharedGenerations, Snapshot, bucket
 from authz_server._identity import BasicCredentialsSource, IdentityResolver
 from authz_server._memo import DecisionMemo
 from authz_server._metrics import Metrics
 from authz_server._servicer import AuthorizationServicer
-from authz_server._store import MemoryStore
+from authz_server._store import _NEVER, MemoryStore
 from authz_server.config import TtlConfig
 from authz_server.errors import Unavailable
 
@@ -97,6 +99,49 @@ async def test_explain_says_when_it_was_answered_from_the_memo() -> None:
     answers = [await admin.Explain(request, Ctx()) for _ in range(2)]  # type: ignore[arg-type]
     assert [(a.allowed, a.rule, a.memo) for a in answers] == [(True, "devs", False), (True, "devs", True)]
     assert answers[0].decision_id != answers[1].decision_id
+
+
+class _UnreadableGroups(MemoryStore):
+    """A shared store whose groups entries cannot be read (what RedisStore answers on a timeout)."""
+
+    async def read(self, key: str) -> tuple[Any, bool, Snapshot]:
+        entry, current, snapshot = await super().read(key)
+        return (None, False, _NEVER) if key.startswith("groups|") else (entry, current, snapshot)
+
+
+class _HeldGroups(FakeFacts):
+    """Gerrit answering groups as they were when asked, after ``release`` is set."""
+
+    release: asyncio.Event
+
+    async def groups(self, account_id: int, deadline: Deadline) -> Fact[tuple[Group, ...]]:
+        answer = tuple(self.groups_of.get(account_id, ()))
+        await self.release.wait()
+        return Fact(answer)
+
+
+async def test_a_check_after_an_invalidation_never_joins_a_lookup_sent_before_it_while_the_store_is_unreadable() -> (
+    None
+):
+    """While the store cannot be read every lookup has the same unknown snapshot: sharing lookups then would give a
+    Check that started after a revoke the answer of a request sent before it (and the memo would keep it)."""
+    gerrit = _HeldGroups(credentials={("alice", "pw"): ALICE})
+    gerrit.groups_of, gerrit.release = {ALICE.id: [DEVS]}, asyncio.Event()
+    store = _UnreadableGroups()
+    cache = CachedGerrit(gerrit, store, TTL, stale_if_error=0, secret=b"k" * 32)
+    identity = IdentityResolver([BasicCredentialsSource(cache)], cache)
+    authorizer = Authorizer(make_rules(RULES), identity, cache, memo=DecisionMemo(store, b"m" * 32))
+    inp = make_input("GET", "/g", AUTH)
+    before = asyncio.create_task(authorizer.decide(inp, Deadline.after(30)))
+    await asyncio.sleep(0.01)  # its groups request is on its way
+    gerrit.groups_of = {}  # alice leaves devs in Gerrit, and the change is applied
+    await cache.invalidate(group="devs")
+    after = asyncio.create_task(authorizer.decide(inp, Deadline.after(30)))
+    await asyncio.sleep(0.01)
+    gerrit.release.set()
+    assert (await before).allowed  # decided before the revoke: allowed, as Gerrit said then
+    assert not (await after).allowed
+    assert not (await authorizer.decide(inp, Deadline.after(30))).allowed  # and nothing remembered says otherwise
 
 
 async def test_an_undecided_answer_is_never_remembered() -> None:
