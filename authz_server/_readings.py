@@ -79,6 +79,14 @@ def readings(path: str) -> Iterator[Reading]:
         yield Reading("read by a lax router", combined_folded, folded=combined_folded != combined)
 
 
+def _as_php_reads(name: str) -> str:
+    """A query parameter's name as PHP stores it in ``$_GET`` (Laravel and Symfony read ``_method`` there): leading
+    spaces dropped, then ``.``, spaces and an unmatched ``[`` turned into ``_`` (``.method`` and `` _method`` are
+    ``_method``). For any other framework this only widens what counts as an override: a refusal, never an allow."""
+    name = name.lstrip(" ").replace(".", "_").replace(" ", "_")
+    return name.replace("[", "_") if "]" not in name else name
+
+
 def override_methods(method: str, headers: Mapping[str, str], query: str) -> set[str]:
     """The methods a method override in the request names, other than ``method`` (empty when there is none)."""
     named: set[str] = set()
@@ -86,9 +94,9 @@ def override_methods(method: str, headers: Mapping[str, str], query: str) -> set
         if "method" in name and name.replace("_", "-") in OVERRIDE_HEADERS:
             named.update(v.strip().upper() for v in value.split(","))
     # Frameworks decode the parameter's name ("%5Fmethod") and some split on ';' too (Rack 2): read it as they do.
-    if "_method" in query.lower() or "%" in query:
+    if "method" in query.lower() or "%" in query:
         pairs = parse_qsl(query.replace(";", "&"), keep_blank_values=True)
-        named.update(v.strip().upper() for k, v in pairs if k.lower() == "_method")
+        named.update(v.strip().upper() for k, v in pairs if _as_php_reads(k).lower() == "_method")
     named.discard(method)
     named.discard("")  # an empty override is ignored by the frameworks that read one
     return named
