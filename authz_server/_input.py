@@ -52,6 +52,9 @@ class CheckInput:
     request_id: str = ""
     context_extensions: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    #: the path was sent spelled otherwise (percent-escapes decoded into ``path``): a router matching the spelling
+    #: as sent (Envoy without ``normalize_path``) may have chosen another route, and so other context_extensions
+    decoded: bool = False
 
 
 def _decode(m: re.Match[bytes]) -> bytes:
@@ -155,9 +158,10 @@ def parse_check_request(request: CheckRequest) -> CheckInput:
     source = attrs.source
     extensions = attrs.context_extensions
     filter_metadata = attrs.metadata_context.filter_metadata
+    canonical = _normalized(path) if len(path) <= _KEPT_PATH_CHARS else normalize_path(path)
     return CheckInput(  # positional: keyword arguments cost a frozen dataclass half its construction time
         method,
-        _normalized(path) if len(path) <= _KEPT_PATH_CHARS else normalize_path(path),
+        canonical,
         query,
         (http.host or headers.get(":authority", "")).lower(),  # host
         http.scheme or headers.get(":scheme", ""),  # scheme
@@ -168,6 +172,7 @@ def parse_check_request(request: CheckRequest) -> CheckInput:
         headers.get("x-request-id", "") or http.id,
         dict(extensions) if extensions else _EMPTY,  # context_extensions
         {k: MessageToDict(v) for k, v in filter_metadata.items()} if filter_metadata else _EMPTY,  # metadata
+        canonical != path,  # decoded
     )
 
 

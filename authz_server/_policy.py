@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ._input import CheckInput, canonical_path, slash_view
-from ._readings import ascii_fold, override_methods, readings
+from ._readings import Reading, ascii_fold, override_methods, readings
 from ._requirements import Requirement, needs_identity
 from ._templates import PathTemplate
 from .config import RuleConfig
@@ -32,7 +32,7 @@ __all__ = ["Match", "Policy", "Rule"]
 # answers for the most recent ones are kept (a repeated request skips the templates and the other readings).
 # Bounded in entries and in key size, so the memory is bounded whatever the requests.
 _MATCHES_KEPT = 4096
-_MATCH_KEY_MAX = 1024  # longer paths (with host and override methods) are matched every time
+_MATCH_KEY_MAX = 1024  # longer requests (method, path, host and override methods) are matched every time
 _MISS = object()
 
 
@@ -156,10 +156,10 @@ class Policy:
         """The first rule for ``inp``; raises ``ambiguous_path`` when another reading of it could change it."""
         overrides = override_methods(inp.method, inp.headers, inp.query)
         key: tuple[object, ...] | None = None
-        # The override methods are the client's (a header of any size): counted in the bound too.
-        if len(inp.path) + len(inp.host) + sum(map(len, overrides)) <= _MATCH_KEY_MAX:
+        # The method and the override methods are the client's too (any token, a header of any size): all counted.
+        if len(inp.method) + len(inp.path) + len(inp.host) + sum(map(len, overrides)) <= _MATCH_KEY_MAX:
             context = tuple(inp.context_extensions.items()) if inp.context_extensions else ()
-            key = (inp.method, inp.path, inp.host, context, frozenset(overrides))
+            key = (inp.method, inp.path, inp.host, context, frozenset(overrides), inp.decoded)
             kept = self._matches.get(key, _MISS)
             if kept is not _MISS:
                 return kept  # type: ignore[return-value]
@@ -198,12 +198,17 @@ class Policy:
         # so the extensions) in doubt. Computed only when there is another reading (most paths have none).
         # An upstream that honours a method override may also read the path laxly: each reading is checked under
         # the method sent and every method an override names.
+        # A path sent with percent-escapes (decoded here) may have been routed by Envoy on that spelling: every
+        # context rule with a path part is then in doubt, and the decoded path itself is one more reading
+        # (GET /%61dmin/x routed to a public route, served as /admin/x by an upstream that decodes).
         methods = (inp.method, *overrides)
         context_in_doubt: dict[tuple[int, str], bool] | None = None
-        for reading in readings(inp.path):
+        decoded = (Reading("its percent-escapes decoded", inp.path, folded=False),) if inp.decoded else ()
+        for reading in (*decoded, *readings(inp.path)):
             if context_in_doubt is None:
                 context_in_doubt = {
-                    (id(rule), method): not rule.governs_reading(inp, inp.path, folded=False, method=method)
+                    (id(rule), method): (inp.decoded and (rule.prefix is not None or rule.template is not None))
+                    or not rule.governs_reading(inp, inp.path, folded=False, method=method)
                     for rule in above
                     if rule.context is not None
                     for method in methods

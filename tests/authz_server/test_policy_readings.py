@@ -54,6 +54,14 @@ class TestContextExtensions:
         assert refused("POST", "/deploy%2F12") == "ambiguous_path"
         assert refused("POST", "/deploy%2f12") == "ambiguous_path"
 
+    def test_a_percent_escape_dodging_the_context_route_is_400(self) -> None:
+        # Envoy without normalize_path routes /%64eploy/12 as sent: not the /deploy/ route, so no extensions; an
+        # upstream that decodes it serves /deploy/12.
+        assert refused("POST", "/%64eploy/12") == "ambiguous_path"
+        assert refused("POST", "/deploy/%31%32") == "ambiguous_path"
+        assert rule_for("POST", "/%64eploy/12", context_extensions=DEPLOY_ROUTE) == "deploy-strict"
+        assert rule_for("GET", "/%64eploy/12") == "catch-all"  # deploy-strict governs POST only
+
     def test_the_route_itself_still_works(self) -> None:
         assert rule_for("POST", "/deploy/12", context_extensions=DEPLOY_ROUTE) == "deploy-strict"
         assert rule_for("POST", "/deploy/12") == "catch-all"  # no route, no %2F: what Envoy routed is the truth
@@ -235,6 +243,13 @@ class TestMatchCache:
         methods = ",".join(f"M{i}" for i in range(400))
         inp = parse_check_request(check_request("GET", "/elsewhere", {"x-http-method-override": methods}))
         found = policy.match(inp)
+        assert found is not None and found.rule.name == "catch-all"
+        assert policy._matches == {}
+
+    def test_a_long_method_is_matched_but_not_kept(self) -> None:
+        # Over HTTP/2 (and through the middleware's h11) the method is any token the client likes, of any length.
+        policy = Policy.from_config(parse_config({"gerrit": GERRIT, "rules": RULES}).rules)
+        found = policy.match(parse_check_request(check_request("M" * 2000, "/elsewhere")))
         assert found is not None and found.rule.name == "catch-all"
         assert policy._matches == {}
 
