@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -119,9 +118,8 @@ def build_components(
         trust = TrustFiles(
             "gerrit", verify=g.verify_tls, ca_file=g.ca_file, cert_file=g.client_cert_file, key_file=g.client_key_file
         )
-    verify: bool | ssl.SSLContext = trust.context if trust is not None else g.verify_tls
     if http is None:
-        http = make_http_client(max_connections=g.max_connections, verify=verify, transport=transport, trust=trust)
+        http = make_http_client(max_connections=g.max_connections, verify=trust or g.verify_tls, transport=transport)
     if tracing is not None:
         tracing.instrument(http)
     client = GerritClient(
@@ -139,15 +137,14 @@ def build_components(
     idp_http: list[httpx.AsyncClient] = []
     # An IdP shares Gerrit's client only while both use the default trust: it never inherits gerrit.ca_file,
     # Gerrit's client certificate or verify_tls: false.
-    gerrit_default = verify is True
+    gerrit_default = trust is None and g.verify_tls is True
     for i, entry in enumerate(config.identity):
         if entry.jwt is not None:
             idp = http
             if entry.jwt.ca_file is not None or not gerrit_default:
                 ca_file = entry.jwt.ca_file
                 idp_trust = TrustFiles(f"identity[{i}].jwt", ca_file=ca_file) if ca_file is not None else None
-                idp_verify = idp_trust.context if idp_trust is not None else True
-                idp = make_http_client(max_connections=10, verify=idp_verify, transport=transport, trust=idp_trust)
+                idp = make_http_client(max_connections=10, verify=idp_trust or True, transport=transport)
                 idp_http.append(idp)
             sources.append(JwtSource(entry.jwt, JwtVerifier(entry.jwt, idp)))
         elif entry.gerrit_http_credentials is not None:

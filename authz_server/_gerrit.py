@@ -18,6 +18,7 @@ import asyncio
 import functools
 import json
 import ssl
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -54,24 +55,31 @@ class _Refused:
 def make_http_client(
     *,
     max_connections: int = 100,
-    verify: bool | ssl.SSLContext = True,
+    verify: bool | TrustFiles = True,
     transport: httpx.AsyncBaseTransport | None = None,
-    trust: TrustFiles | None = None,
 ) -> httpx.AsyncClient:
     """The shared client. Cookies are refused: a session cookie set for one caller must never ride along.
-    With ``trust`` (and no test ``transport``) connections are made with its context, rebuilt when its files
-    change."""
+
+    ``verify``: httpx's defaults (``True``/``False``), or :class:`TrustFiles`, whose context new connections are then
+    made with, rebuilt when its files change. httpx reads proxies from the environment only with its own transport:
+    behind such a proxy the files' context is used as read (at start, and on reload) rather than lose the proxy.
+    """
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    if trust is not None and transport is None:
-        transport = RotatingTransport(trust, limits)
-        verify = trust.context
+    context: bool | ssl.SSLContext = verify if isinstance(verify, bool) else verify.context
+    if isinstance(verify, TrustFiles) and transport is None and not _environment_proxies():
+        transport = RotatingTransport(verify, limits)
     return httpx.AsyncClient(
         limits=limits,
         cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-        verify=verify,
+        verify=context,
         transport=transport,
         follow_redirects=False,
     )
+
+
+def _environment_proxies() -> bool:
+    """Whether ``HTTP(S)_PROXY``/``ALL_PROXY`` (any case) are set, as httpx's ``trust_env`` would use them."""
+    return any(scheme != "no" for scheme in urllib.request.getproxies_environment())
 
 
 def _account(data: dict[str, Any]) -> Account | None:

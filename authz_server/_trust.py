@@ -115,6 +115,7 @@ class TrustFiles:
         try:
             context = self._build()
         except ConfigError as exc:
+            self._stamps = stamps  # warned once per change of the files, not at every look
             key, why = exc.errors[0]
             log.warning("%s: %s; keeping the previous trust", key, why)
             return False

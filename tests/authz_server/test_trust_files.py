@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from _support.tls import TestCA
 
-from authz_server._trust import TrustFiles
+from authz_server._gerrit import make_http_client
+from authz_server._trust import RotatingTransport, TrustFiles
 
 
 class Clock:
@@ -62,6 +63,9 @@ def test_files_that_do_not_load_keep_the_trust_in_use(tmp_path: Path, caplog: py
         assert not trust.refresh()
     assert trust.context is kept and subjects(trust) == {"corp CA"}
     assert "identity[0].jwt.ca_file" in caplog.text and "keeping the previous trust" in caplog.text
+    caplog.clear()
+    clock.now += 1.0
+    assert not trust.refresh() and not caplog.text  # the same broken files: warned once
     bundle.unlink()  # missing altogether: the same
     clock.now += 1.0
     assert not trust.refresh() and trust.context is kept
@@ -82,3 +86,20 @@ def test_a_client_certificate_is_taken_only_once_its_key_matches(tmp_path: Path)
     key.write_bytes(new.key.read_bytes())
     clock.now += 1.0
     assert trust.refresh() and trust.context is not kept
+
+
+async def test_behind_a_proxy_from_the_environment_the_proxy_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """httpx reads HTTPS_PROXY only with its own transport: there the trust is used as read, never the proxy lost."""
+    trust = TrustFiles("gerrit", ca_file=TestCA(tmp_path, "corp CA").cert)
+    direct = make_http_client(verify=trust)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    proxied = make_http_client(verify=trust)
+    try:
+        assert isinstance(direct._transport, RotatingTransport)  # httpx keeps no public handle on either
+        assert not isinstance(proxied._transport, RotatingTransport)
+        assert any(t is not None for t in proxied._mounts.values())
+    finally:
+        await direct.aclose()
+        await proxied.aclose()
