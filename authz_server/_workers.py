@@ -184,8 +184,13 @@ async def _run(config: Config, workers: list[asyncio.subprocess.Process], metric
     cfg = config.server
     lines = await _ready(workers)
     if lines is None:
+        # Workers load what only serving reads (certificates, trust files); one refusing it exits 2, as serve does.
+        waits = [asyncio.create_task(p.wait()) for p in workers]
+        await asyncio.wait(waits, timeout=5.0, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in waits:
+            waiting.cancel()
         log.error("a worker failed to start; stopping")
-        return 1
+        return 2 if any(p.returncode == 2 for p in workers) else 1
     for line in lines:
         print(line.rstrip("\n"), flush=True)
     forwards = [asyncio.create_task(_forward(p.stdout)) for p in workers if p.stdout is not None]

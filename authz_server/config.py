@@ -199,6 +199,9 @@ class GerritConfig(_Model):
             raise ValueError("client_cert_file and client_key_file go together")
         if not self.url.startswith(("http://", "https://")):
             raise ValueError("url must start with http:// or https://")
+        parts = urlsplit(self.url)
+        if parts.username is not None or parts.password is not None:  # a secret never sits in a URL (it is printed)
+            raise ValueError("url takes no user or password: set username and password_file or password_env")
         return self
 
     def password(self) -> str:

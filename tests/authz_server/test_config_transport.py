@@ -212,3 +212,11 @@ def test_a_plaintext_exposed_listener_is_warned_about_at_start(
         assert not warn_if_exposed(parse_config(config()))
     (record,) = caplog.records
     assert "0.0.0.0:9001" in record.getMessage() and "plaintext" in record.getMessage()
+
+
+@pytest.mark.parametrize("url", ["https://bot:s3cret@gerrit.example", "https://bot@gerrit.example"])
+def test_a_gerrit_url_carrying_a_user_or_password_is_refused(url: str) -> None:
+    """check-config prints gerrit.url: a password in it would land in CI logs."""
+    found = errors(config(gerrit={"url": url}))
+    assert found[0][0] == "gerrit" and "no user or password" in found[0][1]
+    assert "s3cret" not in repr(found)

@@ -24,6 +24,7 @@ import grpc
 import pytest
 from _support.authz import check_request
 from _support.http_double import serve_handler
+from _support.tls import TestCA
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from gerrit_authz.v1 import admin_pb2, admin_pb2_grpc
 
@@ -222,3 +223,28 @@ rules: [{{name: devs, match: {{path_prefix: /}}, require: {{group: devs}}}}]
         assert not os.path.exists(f"/proc/{pids[0]}")  # noqa: ASYNC240 - the survivor was stopped too
     finally:
         await _reap(proc, pids)
+
+
+async def test_a_certificate_only_workers_can_load_is_a_configuration_error(tmp_path: Path, gerrit: str) -> None:
+    """The pair is loaded where it is served, in the workers: a key that does not match is still exit 2."""
+    ca = TestCA(tmp_path, "corp CA")
+    cert, other = ca.issue("authz", server=True), ca.issue("someone-else", server=True)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"""
+server: {{listen: "127.0.0.1:0", workers: 2, tls: {{cert_file: "{cert.cert}", key_file: "{other.key}"}}}}
+gerrit: {{url: "{gerrit}", username: authz-bot, password_env: TEST_GERRIT_PASSWORD}}
+identity: [{{gerrit_http_credentials: {{}}}}]
+rules: [{{name: devs, match: {{path_prefix: /}}, require: {{group: devs}}}}]
+""")
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "authz_server", "serve", "--config", str(config)),
+        env={**os.environ, "TEST_GERRIT_PASSWORD": "bot-password"},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert await asyncio.wait_for(proc.wait(), 60) == 2
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
