@@ -128,8 +128,9 @@ class AuditLog:
 
 class _LineWriter:
     """Buffers whole lines and writes them in chunks of at most ``PIPE_BUF`` bytes, each holding whole lines: the
-    workers of ``server.workers`` share one stderr, and a write that size is never interleaved with another
-    process's, so no audit line is ever torn (a buffered text stream would cut lines at its buffer's edge)."""
+    workers of ``server.workers`` share one stderr, and into a pipe a write that size is never interleaved with
+    another process's (a buffered text stream would cut lines at its buffer's edge). A single line longer than
+    ``PIPE_BUF`` (a path near its 8 KiB bound) is written alone and can interleave; so can writes to a file."""
 
     def __init__(self, fd: int, limit: int = 1 << 16) -> None:
         self._fd = fd

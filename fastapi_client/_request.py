@@ -14,12 +14,11 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from starlette.types import Scope
 
-from authz_server.checkrequest import IDENTITY_HEADER_PREFIXES, build_check_request, is_identity_header, join_headers
+from authz_server.checkrequest import build_check_request, is_identity_header, join_headers
 
 from ._tls import client_cert_principal
 
 __all__ = [
-    "PROTECTED_PREFIXES",
     "RawHeaders",
     "apply_header_options",
     "apply_query_mutations",
@@ -28,9 +27,6 @@ __all__ = [
 ]
 
 RawHeaders = list[tuple[bytes, bytes]]
-
-#: Identity headers only the authorization service may set: a client-sent one is never trusted.
-PROTECTED_PREFIXES = tuple(p.encode() for p in IDENTITY_HEADER_PREFIXES)
 
 # Envoy drops connection-specific headers before its filters run (RFC 9110 §7.6.1), and sends Host only as
 # :authority; for an upgrade (websocket) request it keeps `connection` and `upgrade`.

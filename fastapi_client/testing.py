@@ -57,7 +57,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse,
 from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.rpc.status_pb2 import Status as RpcStatus
 
-from authz_server.checkrequest import IDENTITY_HEADER_PREFIXES
+from authz_server.checkrequest import is_identity_header
 from authz_server.errors import STATUS, AuthzError
 
 from ._identity import AuthzIdentity
@@ -95,7 +95,7 @@ def allow_response(
         set_headers["x-gerrit-email"] = identity.email
     set_headers.update(headers or {})
     sent = request.attributes.request.http.headers if request is not None else {}
-    remove = [h for h in sent if h.startswith(IDENTITY_HEADER_PREFIXES) and h not in set_headers]
+    remove = [h for h in sent if is_identity_header(h) and h not in set_headers]  # any case, _ for -, as the service
     return CheckResponse(
         status=RpcStatus(code=grpc.StatusCode.OK.value[0]),
         ok_response=OkHttpResponse(
