@@ -37,11 +37,11 @@ from ._generations import (
     GROUPS,
     Snapshot,
     account_scope,
-    bucket,
+    buckets_of,
     change_scope,
     name_scope,
 )
-from ._store import Entry, Store
+from ._store import Entry, Store, holds
 from .config import TtlConfig
 from .errors import Unavailable
 
@@ -184,17 +184,11 @@ class CachedGerrit:
             # An entry that is not current was invalidated: it never stands in, not even during an outage (asked
             # again: an invalidation may have landed while Gerrit was being asked).
             usable = exc.transient and entry is not None and current and now < entry.stale_until
-            if usable and entry is not None and await self._holds(entry.snapshot, entry.buckets):
+            if usable and entry is not None and await holds(self._store, entry.snapshot, entry.buckets):
                 value = self._decode(kind, entry.payload)
                 stale = Fact(value, "stale_cache", exc.reason, scopes_of(kind, requested, value), fresh_until=now)
                 return _used(stale)
             raise
-
-    async def _holds(self, snapshot: Snapshot, buckets: tuple[int, ...]) -> bool:
-        try:
-            return await self._store.current(snapshot, buckets)
-        except Unavailable:
-            return False  # unknown is not current
 
     async def _fetch(
         self, kind: str, requested: tuple[str, ...], snapshot: Snapshot, fetch: Callable[[], Awaitable[Fact[T]]]
@@ -207,7 +201,7 @@ class CachedGerrit:
         for _ in range(_REFETCH):
             fact = await fetch()
             scopes = scopes_of(kind, requested, fact.value)
-            buckets = tuple({bucket(s) for s in scopes})
+            buckets = buckets_of(scopes)
             fact = Fact(fact.value, fact.source, fact.detail, scopes)
             if snapshot.epoch == "":
                 return fact, None, buckets  # the shared store was unreadable: no invalidation can be told apart
@@ -388,5 +382,5 @@ class CachedGerrit:
             # cannot be told apart from its number here, so every change is dropped.
             scopes.update(_change_scopes(change) or (EVERY_CHANGE,))
         if scopes:
-            await self._store.bump(tuple({bucket(s) for s in scopes}))
+            await self._store.bump(buckets_of(scopes))
         return len(scopes)

@@ -45,6 +45,7 @@ __all__ = [
     "Snapshot",
     "account_scope",
     "bucket",
+    "buckets_of",
     "change_scope",
     "name_scope",
     "new_epoch",
@@ -84,6 +85,11 @@ def change_scope(number: int | str) -> str:
 def bucket(scope: str) -> int:
     """The table slot of ``scope`` (stable across processes and replicas, unlike ``hash``)."""
     return zlib.crc32(scope.encode()) & (BUCKETS - 1)
+
+
+def buckets_of(scopes: Iterable[str]) -> tuple[int, ...]:
+    """The distinct table slots of ``scopes``."""
+    return tuple({bucket(s) for s in scopes})
 
 
 def new_epoch() -> str:
@@ -172,14 +178,6 @@ class SharedGenerations:
         if epoch != self._epoch:
             self._epoch, self._epoch_text = epoch, format(epoch, "x")
         return self._epoch_text
-
-    @property
-    def epoch(self) -> str:
-        return self._epoch_now()
-
-    @property
-    def clock(self) -> int:
-        return int(self._table[1])
 
     @property
     def snapshot(self) -> Snapshot:

@@ -31,11 +31,11 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ._facts import Fact
-from ._generations import Snapshot, bucket
+from ._generations import Snapshot, buckets_of
 from ._input import CheckInput
 from ._policy import Match
-from ._store import MemoryStore, Store
-from .errors import PermissionDenied, Unavailable
+from ._store import MemoryStore, Store, holds
+from .errors import PermissionDenied
 
 __all__ = ["DecisionMemo", "MemoEntry", "memoizable"]
 
@@ -132,12 +132,9 @@ class DecisionMemo:
         return await self._store.snapshot()
 
     async def _current(self, entry: MemoEntry) -> bool:
-        if self._generations is not None:
+        if self._generations is not None:  # the memory store's table, read without a coroutine
             return self._generations.current(entry.snapshot, entry.buckets)
-        try:
-            return await self._store.current(entry.snapshot, entry.buckets)
-        except Unavailable:
-            return False  # unknown is not current
+        return await holds(self._store, entry.snapshot, entry.buckets)
 
     async def get(self, key: bytes) -> Decision | None:
         """The remembered decision when it is still exactly what a fresh one would be, else None."""
@@ -158,13 +155,10 @@ class DecisionMemo:
         expires = min(expires, _token_expiry(decision))
         if expires <= self._clock():
             return False
-        buckets = tuple({bucket(s) for f in facts for s in f.scopes})
+        buckets = buckets_of(s for f in facts for s in f.scopes)
         entries = self._entries
         entries[key] = MemoEntry(_as_a_hit_sees_it(decision), snapshot, buckets, expires)
         entries.move_to_end(key)
         while len(entries) > self._max:
             entries.popitem(last=False)
         return True
-
-    def clear(self) -> None:
-        self._entries.clear()

@@ -26,7 +26,7 @@ from ._generations import Generations, Snapshot, new_epoch, process_generations
 from ._redis_conn import RedisConnection, redis_cache_options
 from .errors import Unavailable
 
-__all__ = ["Entry", "MemoryStore", "RedisStore", "Store", "make_store"]
+__all__ = ["Entry", "MemoryStore", "RedisStore", "Store", "holds", "make_store"]
 
 log = logging.getLogger("gerrit_authz.cache")
 
@@ -304,6 +304,14 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._backend.close()
+
+
+async def holds(store: Store, snapshot: Snapshot, buckets: tuple[int, ...]) -> bool:
+    """Whether nothing in ``buckets`` was invalidated since ``snapshot``; a store that cannot tell says no."""
+    try:
+        return await store.current(snapshot, buckets)
+    except Unavailable:
+        return False
 
 
 def make_store(
