@@ -16,7 +16,7 @@ from typing import Protocol
 from ._opstats import RotationStats
 from .errors import ConfigError
 
-__all__ = ["EnvSecret", "Secret", "SecretFile", "StaticSecret", "file_identity", "read_secret_file"]
+__all__ = ["EnvSecret", "FileIdentity", "Secret", "SecretFile", "StaticSecret", "file_identity", "read_secret_file"]
 
 log = logging.getLogger("gerrit_authz.secrets")
 
@@ -84,8 +84,14 @@ def read_secret_file(path: Path, key: str) -> str:
     return value
 
 
-def file_identity(path: Path) -> tuple[int, int, int, int] | None:
-    """What changes when the file is replaced or rewritten (device, inode, mtime, size); None when it is missing."""
+FileIdentity = tuple[int, int, int, int] | None
+
+
+def file_identity(path: Path | None) -> FileIdentity:
+    """What changes when the file is replaced or rewritten (device, inode, mtime, size); None when it is missing or
+    not set (so each position of a tuple of these always stands for the same configured path)."""
+    if path is None:
+        return None
     try:
         st = os.stat(path)
     except OSError:

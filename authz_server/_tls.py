@@ -18,20 +18,13 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ._secrets import file_identity
+from ._secrets import FileIdentity, file_identity
 from .config import TlsConfig
 from .errors import ConfigError
 
 __all__ = ["CertificateFiles", "TlsMaterial"]
 
 log = logging.getLogger("gerrit_authz.tls")
-
-_Stamp = tuple[int, int, int, int] | None
-
-
-def _stamp(path: Path | None) -> _Stamp:
-    # A missing file and an unset one both read None: each position of the tuple is always the same path.
-    return None if path is None else file_identity(path)
 
 
 @dataclass(frozen=True)
@@ -90,8 +83,8 @@ class CertificateFiles:
         self.material = load_material(tls, where)  # fails at start-up, naming the key
         self.reloads = 0
 
-    def _current_stamps(self) -> tuple[_Stamp, ...]:
-        return tuple(_stamp(p) for p in self._paths)
+    def _current_stamps(self) -> tuple[FileIdentity, ...]:
+        return tuple(file_identity(p) for p in self._paths)
 
     def _configuration(self, material: TlsMaterial) -> grpc.ServerCertificateConfiguration:
         return grpc.ssl_server_certificate_configuration([(material.key, material.cert)], material.client_ca)

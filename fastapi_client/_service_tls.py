@@ -18,16 +18,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 # The one file-identity helper of the distribution (fastapi_client already builds on authz_server.checkrequest).
-from authz_server._secrets import file_identity
+from authz_server._secrets import FileIdentity, file_identity
 
 __all__ = ["ServiceTls"]
-
-_Stamp = tuple[int, int, int, int] | None
-
-
-def _stamp(path: Path | None) -> _Stamp:
-    # A missing file and an unset one both read None: each position of the tuple is always the same path.
-    return None if path is None else file_identity(path)
 
 
 def _path(value: str | os.PathLike[str] | None) -> Path | None:
@@ -61,9 +54,9 @@ class ServiceTls:
     def _paths(self) -> tuple[Path | None, ...]:
         return (_path(self.ca_file), _path(self.cert_file), _path(self.key_file))
 
-    def stamp(self) -> tuple[_Stamp, ...]:
+    def stamp(self) -> tuple[FileIdentity, ...]:
         """The files' identities now: a change means the credentials must be read again."""
-        return tuple(_stamp(p) for p in self._paths())
+        return tuple(file_identity(p) for p in self._paths())
 
     def channel_options(self) -> list[tuple[str, Any]]:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
