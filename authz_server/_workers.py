@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -84,10 +85,9 @@ def worker_role() -> WorkerRole | None:
 
 
 def die_with_parent() -> None:
-    """SIGTERM this process when the supervisor dies (Linux), so no worker outlives it."""
+    """SIGTERM this process when its parent dies (Linux), so no worker outlives the supervisor. Safe as a
+    ``preexec_fn``: it imports nothing after a fork."""
     with contextlib.suppress(Exception):
-        import ctypes
-
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import shlex
@@ -44,6 +43,8 @@ from starlette.requests import Request  # noqa: E402
 from starlette.responses import JSONResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
+from authz_server._workers import die_with_parent  # noqa: E402
+
 PORTS = {
     "gerrit-authz": 9001,
     "gerrit-authz admin": 9002,
@@ -55,12 +56,6 @@ PORTS = {
     "example app": 8001,
 }
 BIN = Path(sys.executable).parent
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec (Linux): SIGTERM it when the demo process dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
 
 
 def say(text: str) -> None:
@@ -107,7 +102,7 @@ class Demo:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         self.procs.append((name, proc))
         return proc

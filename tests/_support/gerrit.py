@@ -15,11 +15,8 @@ Environment:
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +27,7 @@ from pathlib import Path
 import httpx
 
 from _support.proc import free_port, stop_process
+from authz_server._workers import die_with_parent
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FETCH_SCRIPT = REPO_ROOT / "scripts" / "fetch_gerrit.sh"
@@ -42,12 +40,6 @@ BASE_JAVA_OPTIONS = (
     "-Dflogger.logging_context=com.google.gerrit.server.logging.LoggingContext#getInstance",
     "--add-opens=jdk.management/com.sun.management.internal=ALL-UNNAMED",
 )
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: on Linux, SIGTERM the daemon if the test process dies (e.g. SIGKILL)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
 
 
 def _on_linux_main_thread() -> bool:
@@ -238,7 +230,7 @@ class GerritServer:
                 stdin=subprocess.DEVNULL,
                 cwd=self.site,
                 # The death signal follows the *thread* that forked: only tie it to the main thread.
-                preexec_fn=_die_with_parent if _on_linux_main_thread() else None,
+                preexec_fn=die_with_parent if _on_linux_main_thread() else None,
             )
         self._wait_ready()
 
