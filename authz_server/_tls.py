@@ -105,17 +105,17 @@ class CertificateFiles:
         with self._lock:
             if stamps == self._stamps:
                 return None
+            # Mid-rotation (a file missing or the pair not matching yet) the previous pair keeps serving, and the
+            # files are tried again when they change next: warned once per change, not at every handshake.
+            self._stamps = stamps
             try:
                 material = load_material(self._tls, self._where)
             except ConfigError as exc:
-                # Mid-rotation (a file missing or the pair not matching yet): keep serving the previous pair and
-                # look again at the next handshake.
                 log.warning("%s: %s; keeping the previous certificate", *exc.errors[0])
                 return None
             except Exception as exc:  # never let the handshake path raise
                 log.warning("%s: cannot reload the certificate (%s); keeping the previous one", self._where, exc)
                 return None
-            self._stamps = stamps
             changed = material != self.material
             self.material = material
         if not changed:
